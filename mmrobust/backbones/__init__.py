@@ -1,0 +1,6 @@
+"""Backbones: one file per family, registered with ``@register_backbone``.
+
+A backbone is an :class:`mmrobust.backbones.base.Backbone`: input
+normalisation, an ordered list of named stages, and a pooling step that turns
+the last stage's map into an embedding.
+"""

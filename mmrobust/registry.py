@@ -1,0 +1,181 @@
+"""Named registries for datasets, backbones, defenses and attacks.
+
+Every extension point of mmrobust is a :class:`Registry`. Built-in entries
+live in a package (for example ``mmrobust.defenses``) whose modules register
+themselves with a decorator; third-party packages add entries through an
+entry-point group (for example ``mmrobust.defenses``). Both are imported on the
+first lookup, never at ``import mmrobust`` time, so core code does not import
+any contribution by name.
+
+Example::
+
+    from mmrobust.registry import DEFENSES
+
+    @DEFENSES.register("my-defense")
+    class MyDefense:
+        ...
+
+    DEFENSES.get("my-defense")          # -> MyDefense
+    DEFENSES.get("my-defence")          # UnknownNameError: ... did you mean 'my-defense'?
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import importlib
+import importlib.metadata
+import inspect
+import pkgutil
+import re
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_+\-.:]*$")
+
+
+class UnknownNameError(KeyError, ValueError):
+    """A lookup of a name that nobody registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class DuplicateNameError(ValueError):
+    """A second registration under a name that is already taken."""
+
+
+def _origin(obj: Any) -> str:
+    module = getattr(obj, "__module__", None) or "?"
+    name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    return f"{module}.{name}"
+
+
+class Registry(Generic[T]):
+    """A mapping from kebab/snake-case names to registered objects.
+
+    Args:
+        kind: what the entries are, used in messages ("defense").
+        group: the entry-point group third-party packages use.
+        package: the package whose modules hold the built-in entries; every
+            module in it is imported on first lookup.
+    """
+
+    def __init__(self, kind: str, group: str, package: str | None = None) -> None:
+        self.kind = kind
+        self.group = group
+        self.package = package
+        self._entries: dict[str, T] = {}
+        self._origins: dict[str, str] = {}
+        self._loaded = False
+
+    # -- registration -----------------------------------------------------
+    def register(self, name: str, obj: T | None = None, *, origin: str | None = None):
+        """Register ``obj`` under ``name``; usable as a decorator.
+
+        Raises:
+            DuplicateNameError: the name is taken; the message names both origins.
+            ValueError: the name is not lower-case kebab/snake case.
+        """
+        if not _NAME.match(name):
+            raise ValueError(
+                f"invalid {self.kind} name {name!r}: use lower-case letters, digits, '-', '_', '+'"
+            )
+
+        def add(entry: T) -> T:
+            where = origin or _origin(entry)
+            if name in self._entries:
+                raise DuplicateNameError(
+                    f"{self.kind} {name!r} is already registered by {self._origins[name]}; "
+                    f"second registration from {where}"
+                )
+            self._entries[name] = entry
+            self._origins[name] = where
+            return entry
+
+        return add if obj is None else add(obj)
+
+    # -- lookup -----------------------------------------------------------
+    def get(self, name: str) -> T:
+        """Return the entry registered as ``name``.
+
+        Raises:
+            UnknownNameError: with the closest registered names suggested.
+        """
+        self._load()
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownNameError(self._unknown_message(name)) from None
+
+    def __contains__(self, name: object) -> bool:
+        self._load()
+        return name in self._entries
+
+    def names(self) -> list[str]:
+        """All registered names, sorted."""
+        self._load()
+        return sorted(self._entries)
+
+    def items(self) -> list[tuple[str, T]]:
+        self._load()
+        return sorted(self._entries.items())
+
+    def origin(self, name: str) -> str:
+        self.get(name)
+        return self._origins[name]
+
+    def _unknown_message(self, name: str) -> str:
+        close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)
+        hint = (
+            f"; did you mean {' or '.join(repr(c) for c in close)}?"
+            if close
+            else f"; registered: {', '.join(sorted(self._entries)) or 'none'}"
+        )
+        return f"unknown {self.kind} {name!r}{hint}"
+
+    # -- discovery --------------------------------------------------------
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True  # set first: modules being imported may look up entries
+        if self.package:
+            package = importlib.import_module(self.package)
+            for info in pkgutil.iter_modules(package.__path__):
+                if not info.name.startswith("_"):
+                    importlib.import_module(f"{self.package}.{info.name}")
+        for entry_point in importlib.metadata.entry_points(group=self.group):
+            if entry_point.name in self._entries:
+                continue  # a module loaded earlier registered it with its decorator
+            loaded = entry_point.load()
+            if entry_point.name in self._entries or inspect.ismodule(loaded):
+                continue  # importing the module registered it
+            self.register(entry_point.name, loaded, origin=f"entry point {entry_point.value}")
+
+    @contextlib.contextmanager
+    def scoped(self) -> Iterator[Registry[T]]:
+        """Restore the registry on exit: entries added inside are dropped.
+
+        For tests that register fakes.
+        """
+        self._load()
+        entries, origins = dict(self._entries), dict(self._origins)
+        try:
+            yield self
+        finally:
+            self._entries, self._origins = entries, origins
+
+
+DATASETS: Registry[Callable[..., Any]] = Registry("dataset", "mmrobust.datasets", "mmrobust.datasets")
+BACKBONES: Registry[Callable[..., Any]] = Registry("backbone", "mmrobust.backbones", "mmrobust.backbones")
+DEFENSES: Registry[Callable[..., Any]] = Registry("defense", "mmrobust.defenses", "mmrobust.defenses")
+ATTACKS: Registry[Callable[..., Any]] = Registry("attack", "mmrobust.attacks", "mmrobust.attacks")
+
+REGISTRIES = {"dataset": DATASETS, "backbone": BACKBONES, "defense": DEFENSES, "attack": ATTACKS}
+
+register_dataset = DATASETS.register
+register_backbone = BACKBONES.register
+register_defense = DEFENSES.register
+register_attack = ATTACKS.register
