@@ -18,6 +18,11 @@ class Backbone(nn.Module):
     stages: nn.ModuleDict
     embedding_dim: int
 
+    @classmethod
+    def from_input_shape(cls, shape: tuple[int, ...], **kwargs) -> Backbone:
+        """Build for per-sample inputs of ``shape`` (no batch axis)."""
+        raise NotImplementedError
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Map the raw [0, 1] input to what the first stage expects."""
         raise NotImplementedError

@@ -14,6 +14,8 @@ classifier averaged over time is the same linear map for the paper's input.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,11 +44,12 @@ def _pad_same(x: torch.Tensor, kernel: Triple, stride: Triple) -> torch.Tensor:
 class Unit3D(nn.Module):
     """Conv3d (no bias, same padding) → BatchNorm3d → ReLU."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: Triple = (1, 1, 1), stride: Triple = (1, 1, 1)):
+    def __init__(self, in_channels: int, out_channels: int, kernel: Triple = (1, 1, 1), stride: Triple = (1, 1, 1),
+                 bn_momentum: float = 0.01):
         super().__init__()
         self.kernel, self.stride = kernel, stride
         self.conv = nn.Conv3d(in_channels, out_channels, kernel, stride=stride, bias=False)
-        self.bn = nn.BatchNorm3d(out_channels, eps=1e-3, momentum=0.01)
+        self.bn = nn.BatchNorm3d(out_channels, eps=1e-3, momentum=bn_momentum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.bn(self.conv(_pad_same(x, self.kernel, self.stride))))
@@ -65,16 +68,17 @@ class MaxPool3dSame(nn.Module):
 class InceptionModule(nn.Module):
     """Four branches: 1×1×1; 1×1×1→3×3×3; 1×1×1→3×3×3; 3×3×3 max pool→1×1×1."""
 
-    def __init__(self, in_channels: int, widths: tuple[int, int, int, int, int, int]):
+    def __init__(self, in_channels: int, widths: tuple[int, int, int, int, int, int], bn_momentum: float = 0.01):
         super().__init__()
         b0, b1a, b1b, b2a, b2b, b3 = widths
-        self.b0 = Unit3D(in_channels, b0)
-        self.b1a = Unit3D(in_channels, b1a)
-        self.b1b = Unit3D(b1a, b1b, (3, 3, 3))
-        self.b2a = Unit3D(in_channels, b2a)
-        self.b2b = Unit3D(b2a, b2b, (3, 3, 3))
+        unit = functools.partial(Unit3D, bn_momentum=bn_momentum)
+        self.b0 = unit(in_channels, b0)
+        self.b1a = unit(in_channels, b1a)
+        self.b1b = unit(b1a, b1b, (3, 3, 3))
+        self.b2a = unit(in_channels, b2a)
+        self.b2b = unit(b2a, b2b, (3, 3, 3))
         self.b3a = MaxPool3dSame((3, 3, 3), (1, 1, 1))
-        self.b3b = Unit3D(in_channels, b3)
+        self.b3b = unit(in_channels, b3)
         self.out_channels = b0 + b1b + b2b + b3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -104,33 +108,52 @@ class I3D(Backbone):
     Args:
         in_channels: input channels (3 for RGB).
         width: channel multiplier (1.0 = the published network).
+        bn_momentum: BatchNorm running-statistics momentum; 0.01 as the
+            reference, larger for short CPU trainings with few iterations.
     """
 
-    def __init__(self, in_channels: int = 3, width: float = 1.0):
+    def __init__(self, in_channels: int = 3, width: float = 1.0, bn_momentum: float = 0.01,
+                 stem_pool: bool = True, stem_kernel: int = 7, blocks: tuple[str, ...] | None = None):
         super().__init__()
+        unit = functools.partial(Unit3D, bn_momentum=bn_momentum)
 
         def c(n: int) -> int:
             return max(1, round(n * width))
 
         stages: dict[str, nn.Module] = {
-            "Conv3d_1a_7x7": Unit3D(in_channels, c(64), (7, 7, 7), (2, 2, 2)),
-            "MaxPool3d_2a_3x3": MaxPool3dSame((1, 3, 3), (1, 2, 2)),
-            "Conv3d_2b_1x1": Unit3D(c(64), c(64)),
-            "Conv3d_2c_3x3": Unit3D(c(64), c(192), (3, 3, 3)),
+            "Conv3d_1a_7x7": unit(in_channels, c(64), (stem_kernel,) * 3, (2, 2, 2)),
+            "MaxPool3d_2a_3x3": MaxPool3dSame((1, 3, 3), (1, 2, 2)) if stem_pool else nn.Identity(),
+            "Conv3d_2b_1x1": unit(c(64), c(64)),
+            "Conv3d_2c_3x3": unit(c(64), c(192), (3, 3, 3)),
             "MaxPool3d_3a_3x3": MaxPool3dSame((1, 3, 3), (1, 2, 2)),
         }
         channels = c(192)
-        pools = {"Mixed_4b": ("MaxPool3d_4a_3x3", (3, 3, 3), (2, 2, 2)),
-                 "Mixed_5b": ("MaxPool3d_5a_2x2", (2, 2, 2), (2, 2, 2))}
+        pools = {"4": ("MaxPool3d_4a_3x3", (3, 3, 3), (2, 2, 2)), "5": ("MaxPool3d_5a_2x2", (2, 2, 2), (2, 2, 2))}
         for name, widths in _INCEPTION.items():
-            if name in pools:
-                pool_name, kernel, stride = pools[name]
+            if blocks is not None and name not in blocks:
+                continue
+            group = name[len("Mixed_")]
+            if group in pools:  # the max pool opening this group of blocks
+                pool_name, kernel, stride = pools.pop(group)
                 stages[pool_name] = MaxPool3dSame(kernel, stride)
-            block = InceptionModule(channels, tuple(c(w) for w in widths))
+            block = InceptionModule(channels, tuple(c(w) for w in widths), bn_momentum)
             stages[name] = block
             channels = block.out_channels
         self.stages = nn.ModuleDict(stages)
         self.embedding_dim = channels
+        for module in self.modules():
+            if isinstance(module, nn.Conv3d):
+                # He initialisation (fan-out) as torchvision's video models: with
+                # PyTorch's default the first 7×7×7 layer starts with a tiny weight
+                # norm and BatchNorm turns that into huge early updates.
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    @classmethod
+    def from_input_shape(cls, shape: tuple[int, ...], **kwargs) -> I3D:
+        """Build for per-sample inputs of ``shape`` = (C, T, H, W)."""
+        if len(shape) != 4:
+            raise ValueError(f"i3d expects per-sample input (C, T, H, W), got shape {shape}")
+        return cls(in_channels=shape[0], **kwargs)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return x * 2.0 - 1.0

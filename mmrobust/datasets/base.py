@@ -14,8 +14,10 @@ Batch conventions:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping, Sequence
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -72,6 +74,11 @@ class Split:
     def labels(self) -> np.ndarray:
         return np.asarray(self.arrays["label"])
 
+    def take(self, indices: Sequence[int] | np.ndarray) -> Split:
+        """A new split holding only ``indices`` (copied into memory)."""
+        index = np.asarray(indices)
+        return Split({name: np.asarray(array[index]) for name, array in self.arrays.items()})
+
     def batch(self, indices: Sequence[int] | np.ndarray, modalities: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """The batch dict for ``indices`` (float tensors in [0, 1] + labels)."""
         index = np.asarray(indices)
@@ -118,6 +125,9 @@ class DatasetBundle:
     default_epochs: int
     split: str | None = None
     info: dict = field(default_factory=dict)
+    # Optional: pixel coordinates (F, V, 2) of a clip's joints in its RGB frames,
+    # given ("train" | "test", index); used to overlay skeletons on video.
+    joints_in_frames: Callable[[str, int], np.ndarray] | None = None
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -136,3 +146,13 @@ def fingerprint_arrays(arrays: Mapping[str, np.ndarray]) -> str:
         digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
         digest.update(array.tobytes())
     return digest.hexdigest()
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where datasets keep caches: ``cache_dir``, else ``$MMROBUST_CACHE``, else
+    ``$XDG_CACHE_HOME/mmrobust`` (``~/.cache/mmrobust``)."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    if os.environ.get("MMROBUST_CACHE"):
+        return Path(os.environ["MMROBUST_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmrobust"

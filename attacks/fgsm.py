@@ -1,0 +1,53 @@
+"""FGSM: fast gradient sign method.
+
+Goodfellow, Shlens & Szegedy, "Explaining and Harnessing Adversarial Examples",
+ICLR 2015, https://arxiv.org/abs/1412.6572.
+
+Distance: L∞. One step of size ε_m along the sign of the cross-entropy
+gradient, on every targeted modality at once, then clamped to [0, 1]; no
+random start. On a multimodal batch one forward and one backward give the
+gradient for all targets.
+
+Arguments: none (ε and targets are given per call).
+
+Input: the batch dict, every modality float in [0, 1] — ``rgb`` (B, 3, T, H, W),
+``skeleton`` (B, C, T, V, M) — and ``label`` int64 (B,).
+
+Example::
+
+    from mmrobust.attack import build_attack
+
+    fgsm = build_attack("fgsm")
+    result = fgsm(model, batch, targets=("rgb",), eps=8 / 255)
+    result.fooled            # (B,) bool
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mmrobust.attack import Attack, AttackResult, Eps, cross_entropy, sign_gradient_attack
+from mmrobust.model import Batch
+from mmrobust.registry import register_attack
+
+
+@dataclass(frozen=True)
+class Params:
+    """FGSM has no parameters."""
+
+
+@register_attack("fgsm")
+class FGSM(Attack):
+    """One sign-gradient step of size ε on the cross-entropy."""
+
+    Params = Params
+
+    def __call__(self, model: nn.Module, batch: Batch, targets: Sequence[str], eps: Eps, *,
+                 clean_logits: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None) -> AttackResult:
+        return sign_gradient_attack(model, batch, targets, eps, steps=1, rel_step=1.0, loss=cross_entropy,
+                                    random_start=False, clean_logits=clean_logits, generator=generator)

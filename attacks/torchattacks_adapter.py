@@ -1,0 +1,301 @@
+"""Any torchattacks attack on a chosen set of modalities.
+
+torchattacks (Kim, "Torchattacks: A PyTorch Repository for Adversarial
+Attacks", 2020, https://github.com/Harry24k/adversarial-attacks-pytorch) attacks
+a model of one image tensor. This adapter hands it a single-tensor view of the
+targeted modalities and a model that closes over the untargeted ones:
+
+* one target: the modality tensor itself, e.g. (B, 3, T, H, W);
+* several targets: each flattened per sample and concatenated, (B, D); the
+  wrapped model splits the view and reshapes each part back.
+
+With ``layout="image"`` the view is made 4-D instead, (B, C, ∏middle, last) for
+one target and (B, 1, 1, D) for several, for attacks that assume images
+(APGD, Square). All these views are plain reshapes, so an element-wise L∞
+attack (FGSM, PGD) does exactly the same arithmetic on either.
+
+Distance: L∞ with one ε for the whole view. torchattacks takes one ε per call,
+so unequal per-modality radii are refused; use the native engine (``fgsm``,
+``pgd``, ``cw-inf``) for those.
+
+Arguments:
+    attack (str): torchattacks class name ("PGD", "FGSM", "APGD", ...).
+        Default "PGD".
+    options (dict): keyword arguments for that class's constructor besides
+        ``model`` and ``eps`` (e.g. ``steps``, ``alpha``). Default {}.
+    layout (str): "native" or "image", as above. Default "native".
+
+Some torchattacks attacks call the model on a subset of the batch (APGD and
+Square on the samples not yet fooled); the wrapped model recognises each row
+by the clean sample whose ε-ball holds it, so the untargeted modalities stay
+aligned. Samples misclassified clean are not attacked. There is no early stop:
+the outcome comes from one forward on the final adversarial batch.
+``gradient_passes`` counts the wrapped model's forwards run with autograd on
+the view (an estimate: torchattacks may run such a forward without a backward);
+``forward_passes`` counts the others plus the clean and final checks. The
+model's train/eval mode, which torchattacks switches to eval during the
+attack, is restored module by module afterwards. With a ``generator`` the
+global RNG that torchattacks draws from is seeded from it inside a forked RNG
+state, so results are reproducible and the caller's RNG is left alone.
+
+Input: the batch dict, every modality float in [0, 1], ``label`` int64 (B,).
+Requires torchattacks 3.5.1, installed with
+``pip install --no-deps torchattacks==3.5.1``.
+
+Example::
+
+    from mmrobust.attack import build_attack
+
+    apgd = build_attack("ta:APGD", layout="image", steps=10)
+    result = apgd(model, batch, targets=("rgb", "skeleton"), eps=8 / 255)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import inspect
+import io
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmrobust.attack import (LABEL, Attack, AttackResult, Eps, clean_fooled, resolve_eps, resolve_targets,
+                             take)
+from mmrobust.model import Batch, logits_of
+from mmrobust.registry import register_attack
+
+INSTALL_HINT = "pip install --no-deps torchattacks==3.5.1"
+LAYOUTS = ("native", "image")
+_TOLERANCE = 1e-6  # float rounding of x ± ε near 1
+
+
+def import_torchattacks() -> Any:
+    """The torchattacks module, or an ImportError that says how to install it."""
+    try:
+        import torchattacks
+    except ImportError as error:
+        raise ImportError(
+            f"torchattacks is not installed; install it with `{INSTALL_HINT}` (it declares torchvision and an "
+            "old requests that it never imports; a plain install would pull another torch)"
+        ) from error
+    return torchattacks
+
+
+def attack_class(name: str) -> type:
+    """The torchattacks attack class called ``name`` (case-insensitive if unique)."""
+    torchattacks = import_torchattacks()
+    base = torchattacks.attack.Attack
+    classes = {n: c for n in dir(torchattacks) if isinstance(c := getattr(torchattacks, n), type)
+               and issubclass(c, base) and c is not base}
+    if name in classes:
+        return classes[name]
+    folded = [n for n in classes if n.lower() == name.lower()]
+    if len(folded) == 1:
+        return classes[folded[0]]
+    close = difflib.get_close_matches(name, list(classes), n=3, cutoff=0.5)
+    hint = f"did you mean {' or '.join(map(repr, close))}?" if close else f"available: {', '.join(sorted(classes))}"
+    raise ValueError(f"torchattacks has no attack {name!r}; {hint}")
+
+
+def check_options(cls: type, options: Mapping[str, Any]) -> None:
+    """Reject constructor arguments ``cls`` does not take; ``eps`` comes per call."""
+    signature = inspect.signature(cls.__init__)
+    accepted = [p for p in list(signature.parameters)[1:] if p != "model"]
+    if "eps" not in accepted:
+        raise ValueError(f"torchattacks.{cls.__name__} takes no eps: it is not bounded by an L∞ radius, "
+                         "so it cannot run under this benchmark's ε budgets")
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
+    valid = [p for p in accepted if p != "eps" and signature.parameters[p].kind is not inspect.Parameter.VAR_KEYWORD]
+    for key in options:
+        if key == "eps":
+            raise ValueError(f"torchattacks.{cls.__name__}: do not pass eps as an option; it is given per call")
+        if key not in valid and not open_ended:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"torchattacks.{cls.__name__} has no parameter {key!r}; {hint}valid: {', '.join(valid)}")
+
+
+def to_view(sub: Batch, targets: Sequence[str], layout: str) -> torch.Tensor:
+    """The single tensor torchattacks attacks (see the module docstring)."""
+    if len(targets) == 1:
+        x = sub[targets[0]]
+        if layout == "native" or x.dim() == 4:
+            return x
+        if x.dim() > 4:
+            return x.reshape(x.shape[0], x.shape[1], -1, x.shape[-1])
+        return x.reshape(x.shape[0], 1, 1, -1)
+    flat = torch.cat([sub[m].flatten(1) for m in targets], dim=1)
+    return flat if layout == "native" else flat.reshape(flat.shape[0], 1, 1, -1)
+
+
+def from_view(view: torch.Tensor, shapes: Mapping[str, torch.Size]) -> dict[str, torch.Tensor]:
+    """Split a view of N samples back into its modalities."""
+    n = view.shape[0]
+    sizes = [math.prod(shape) for shape in shapes.values()]
+    parts = view.reshape(n, -1).split(sizes, dim=1)
+    return {m: part.reshape(n, *shape) for (m, shape), part in zip(shapes.items(), parts)}
+
+
+class ClosedModel(nn.Module):
+    """The model as a function of the view alone, the other modalities fixed.
+
+    Args:
+        model: the multimodal model.
+        sub: the attacked samples' batch (all modalities and the label).
+        targets: modalities the view holds.
+        clean_view: the view of ``sub``; rows of later calls are matched to it.
+        eps: the L∞ radius every legitimate row stays within.
+    """
+
+    def __init__(self, model: nn.Module, sub: Batch, targets: Sequence[str], clean_view: torch.Tensor,
+                 eps: float) -> None:
+        super().__init__()
+        self.model = model
+        self.sub = sub
+        self.targets = tuple(targets)
+        self.shapes = {m: sub[m].shape[1:] for m in self.targets}
+        self.view_shape = tuple(clean_view.shape[1:])
+        self.clean_rows = clean_view.detach().reshape(clean_view.shape[0], -1)
+        self.bound = eps + _TOLERANCE
+        self.gradient_passes = 0
+        self.forward_passes = 0
+
+    def _rows(self, view: torch.Tensor) -> torch.Tensor | None:
+        """Which attacked sample each row of ``view`` is; None for all, in order."""
+        n, total = view.shape[0], self.clean_rows.shape[0]
+        if n == total:
+            return None  # torchattacks never reorders a full batch
+        rows = view.detach().reshape(n, -1)
+        distance = torch.cdist(rows[None].float(), self.clean_rows[None].float(), p=float("inf"))[0]
+        nearest = distance.topk(min(2, total), dim=1, largest=False)
+        if (nearest.values[:, 0] > self.bound).any():
+            raise ValueError("the attack called the model on a subset of the batch with a row outside the ε-ball "
+                             "of every clean sample, so the untargeted modalities cannot be matched to it")
+        index = nearest.indices[:, 0]
+        if total > 1:
+            rivals = nearest.values[:, 1] <= self.bound
+            if rivals.any():
+                first, second = index[rivals], nearest.indices[rivals, 1]
+                for key, value in self.sub.items():
+                    if key not in self.targets and isinstance(value, torch.Tensor) and \
+                            not torch.equal(value[first], value[second]):
+                        raise ValueError("the attack called the model on a subset of the batch holding a row that "
+                                         "lies within ε of two clean samples with different untargeted inputs")
+        return index
+
+    def forward(self, view: torch.Tensor) -> torch.Tensor:
+        if tuple(view.shape[1:]) != self.view_shape:
+            raise ValueError(f"the model was called with shape {tuple(view.shape)}, "
+                             f"expected (N, {', '.join(map(str, self.view_shape))})")
+        index = self._rows(view)
+        inputs = dict(self.sub) if index is None else take(self.sub, index)
+        inputs.update(from_view(view, self.shapes))
+        if torch.is_grad_enabled() and view.requires_grad:
+            self.gradient_passes += view.shape[0]
+        else:
+            self.forward_passes += view.shape[0]
+        return logits_of(self.model(inputs))
+
+
+@contextlib.contextmanager
+def _seeded_from(generator: torch.Generator | None, device: torch.device) -> Iterator[None]:
+    """Seed the global RNG from ``generator`` in a forked RNG state (no-op without one)."""
+    if generator is None:
+        yield
+        return
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+@dataclass(frozen=True)
+class Params:
+    attack: str = "PGD"
+    options: dict[str, Any] = field(default_factory=dict)
+    layout: str = "native"
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+
+
+@register_attack("torchattacks")
+class TorchAttack(Attack):
+    """A torchattacks attack run on a single-tensor view of the targets."""
+
+    Params = Params
+
+    def __init__(self, params: Params | None = None, name: str = "") -> None:
+        super().__init__(params, name)
+        self.attack_class = attack_class(self.params.attack)
+        check_options(self.attack_class, self.params.options)
+        self.name = name or f"ta:{self.attack_class.__name__}"
+
+    @classmethod
+    def from_class_name(cls, attack: str, *, layout: str = "native", **options: Any) -> TorchAttack:
+        """``build_attack("ta:<attack>", **options)`` lands here."""
+        return cls(Params(attack=attack_class(attack).__name__, options=dict(options), layout=layout))
+
+    def __call__(self, model: nn.Module, batch: Batch, targets: Sequence[str], eps: Eps, *,
+                 clean_logits: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None) -> AttackResult:
+        targets = resolve_targets(batch, targets)
+        radius = resolve_eps(eps, targets, batch)
+        if len(set(radius.values())) > 1:
+            raise ValueError(f"torchattacks takes one eps per call, but the targets have different radii "
+                             f"({', '.join(f'{m}={e:.6g}' for m, e in radius.items())}); use the native engine "
+                             "(fgsm, pgd, cw-inf) for per-modality radii")
+        epsilon = radius[targets[0]]
+        fooled, forward_passes = clean_fooled(model, batch, clean_logits)
+        attacked = (~fooled).nonzero().squeeze(1)
+        if attacked.numel() == 0:
+            return AttackResult(dict(batch), fooled, 0, forward_passes)
+
+        sub = take(batch, attacked)
+        clean_view = to_view(sub, targets, self.params.layout)
+        closed = ClosedModel(model, sub, targets, clean_view, epsilon)
+        name = f"torchattacks.{self.attack_class.__name__}"
+        with contextlib.redirect_stdout(io.StringIO()):  # its constructor may print about devices
+            attack = self.attack_class(closed, eps=epsilon, **self.params.options)
+        attack.set_device(clean_view.device)
+        modes = [(module, module.training) for module in model.modules()]
+        try:
+            with torch.enable_grad(), _seeded_from(generator, clean_view.device):
+                adversarial_view = attack(clean_view, sub[LABEL])
+        except (MemoryError, torch.cuda.OutOfMemoryError):
+            raise
+        except Exception as error:
+            raise ValueError(f"{name} cannot attack the {self.params.layout} view of shape "
+                             f"{tuple(clean_view.shape)} (targets: {', '.join(targets)}): {error}") from error
+        finally:
+            for module, training in modes:
+                module.training = training
+
+        if not isinstance(adversarial_view, torch.Tensor) or adversarial_view.shape != clean_view.shape:
+            found = tuple(adversarial_view.shape) if isinstance(adversarial_view, torch.Tensor) else adversarial_view
+            raise ValueError(f"{name} returned {found}, expected shape {tuple(clean_view.shape)}")
+        adversarial_view = adversarial_view.detach().to(clean_view.dtype)
+        excess = (adversarial_view - clean_view).abs().amax().item()
+        if not excess <= epsilon + _TOLERANCE or adversarial_view.min() < -_TOLERANCE \
+                or adversarial_view.max() > 1 + _TOLERANCE:
+            raise ValueError(f"{name} left the budget: max |δ| = {excess:.6g} for eps = {epsilon:.6g}, or values "
+                             "outside [0, 1]; its results would not be comparable")
+        parts = {m: part.clamp(0, 1) for m, part in from_view(adversarial_view, closed.shapes).items()}
+
+        with torch.no_grad():
+            logits = logits_of(model({**sub, **parts}))
+        forward_passes += attacked.numel() + closed.forward_passes
+        fooled[attacked] = logits.argmax(dim=1) != sub[LABEL]
+        adversarial = {}
+        for m in targets:
+            adversarial[m] = batch[m].clone()
+            adversarial[m][attacked] = parts[m]
+        return AttackResult({**batch, **adversarial}, fooled, closed.gradient_passes, forward_passes)

@@ -1,0 +1,131 @@
+"""Run configuration: one frozen, typed dataclass, from CLI flags or a flat TOML file.
+
+Example ``run.toml``::
+
+    dataset = "synthetic"
+    defense = "none"
+    epochs = 10
+    lr = 0.01
+    defense_params = { }
+
+Unknown keys and values of the wrong type are rejected with the key named.
+The resolved configuration (every default filled in) is saved with each run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run's numbers.
+
+    Attributes:
+        dataset: registered dataset name.
+        split: dataset protocol (``xsub``/``xview`` for NTU); None = its default.
+        root: folder of the raw release (real datasets).
+        data_dir: cache folder for generated or prepared data; None = user cache.
+        data_seed: seed of the synthetic generator.
+        modalities: subset of the dataset's modalities to use; empty = all.
+        defense: registered defense name.
+        defense_params: keyword arguments of the defense's ``Params``.
+        preset: model/input-size preset (``tiny`` or ``paper``).
+        epochs: training epochs; None = the dataset's recipe.
+        batch_size, lr, momentum, weight_decay: SGD with cosine annealing.
+        seed: seed of initialisation, shuffling and dropout.
+        device: ``auto``, ``cpu`` or ``cuda`` (or ``cuda:N``).
+    """
+
+    dataset: str = "synthetic"
+    split: str | None = None
+    root: str | None = None
+    data_dir: str | None = None
+    data_seed: int = 0
+    modalities: tuple[str, ...] = ()
+    defense: str = "none"
+    defense_params: dict[str, Any] = field(default_factory=dict)
+    preset: str = "tiny"
+    epochs: int | None = None
+    batch_size: int = 16
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size",):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"epochs must be ≥ 1, got {self.epochs}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["modalities"] = list(self.modalities)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> RunConfig:
+        """Build from plain values, rejecting unknown keys and wrong types."""
+        hints = typing.get_type_hints(cls)
+        known = [f.name for f in dataclasses.fields(cls)]
+        clean: dict[str, Any] = {}
+        for key, value in values.items():
+            if key not in hints:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+                raise ValueError(f"{source}: unknown key {key!r}{hint}")
+            clean[key] = _coerce(key, value, hints[key], source)
+        return cls(**clean)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> RunConfig:
+        path = Path(path)
+        try:
+            values = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"config file {path} does not exist") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path}: not valid TOML ({error})") from None
+        nested = [k for k, v in values.items() if isinstance(v, dict) and k != "defense_params"]
+        if nested:
+            raise ValueError(f"{path}: tables are not allowed (flat keys only), found [{nested[0]}]")
+        return cls.from_dict(values, source=str(path))
+
+
+def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
+    """Check ``value`` against the field type; ints are accepted for floats."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{source}: {key} must be a list of strings, got {value!r}")
+        return tuple(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{source}: {key} must be a table, got {value!r}")
+        return dict(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ValueError(f"{source}: {key} must be {hint.__name__}, got {value!r}")
+    return value

@@ -1,0 +1,818 @@
+"""The prepared-dataset cache: how a raw release becomes memory-mapped arrays.
+
+A dataset module turns its raw release into a :class:`PreparePlan` (one small,
+picklable task per sample plus a worker function that turns a task into
+fixed-shape arrays). :func:`run_prepare` streams the tasks through the worker,
+in parallel if asked, and writes the results in task order into ``.npy`` files
+created with :func:`numpy.lib.format.open_memmap`; loaders memory-map them.
+Memory stays bounded: at most a few samples per worker are in flight, nothing
+else is kept, and the files are written with positioned writes rather than
+through a mapping, so the resident set of a prepare does not grow with the
+amount written.
+
+Layout of one cache directory (``<cache>/<dataset>/<root name>-<key>/``)::
+
+    key.json            what the cache was built from (dataset, root, sizes)
+    <array>.npy         rgb, label and per-sample metadata, one row per sample
+    skeleton.raw.npy    skeletons as parsed (NaN where nobody is), while preparing
+    skeleton.npy        skeletons mapped into [0, 1], written at the end
+    progress.json       how far a running prepare has got (removed when done)
+    manifest.json       written last: counts, skips, normalisation, fingerprint
+
+Resuming: rows are written in task order and ``progress.json`` records,
+atomically, how many tasks are done and which were skipped. A killed prepare
+restarts from there; the rows after the last record are simply written again,
+so the result is byte-identical to an uninterrupted run. The arrays hold one
+row per planned task; only the first ``num_samples`` rows (the manifest's count)
+are data, and loaders slice them.
+
+Skeleton normalisation: after streaming, one affine map with a single scale for
+all coordinate axes sends the bounding box of every valid joint of the kept
+samples (train and test alike) into [0.01, 0.99], centred on each axis. Where
+nobody is (a missing second person, a frame without a body, an undetected
+joint) the stored value is exactly 0.0, which no valid joint takes.
+``manifest["skeleton"]`` records scale, offset, unit and padding:
+``physical = value * scale + offset[axis]``.
+
+Worker processes import this module, so it imports neither torch nor the
+dataset registry at module level; :func:`build_bundle` and
+:func:`prepare_command` import what they need when called.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import pickle
+import re
+import shlex
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from mmrobust.datasets.base import cache_root
+from mmrobust.results import write_text
+
+logger = logging.getLogger("mmrobust.datasets")
+
+#: Bumped whenever the cache layout or the preprocessing changes; part of the key.
+FORMAT_VERSION = 1
+#: Seconds between progress records while preparing (tests set 0: record after every sample).
+COMMIT_SECONDS = 2.0
+#: Bytes read per step when a pass runs over a whole array (bounds the memory of those passes).
+_CHUNK_BYTES = 1 << 20
+#: Valid skeleton coordinates map into [margin, 1 - margin], so 0.0 only ever means "nobody there".
+SKELETON_MARGIN = 0.01
+#: Per-sample skip reasons logged one by one before the rest are only counted.
+_LOGGED_SKIPS = 20
+
+
+class SampleError(ValueError):
+    """One sample of a raw release cannot be used.
+
+    Attributes:
+        kind: short category, counted in the manifest ("malformed", "nan",
+            "no-bodies", "video", "label", "missing", "unreadable", "name",
+            "duplicate").
+        path: the offending file (with ``:line`` where it helps).
+        reason: what is wrong, in words.
+    """
+
+    def __init__(self, kind: str, path: str | os.PathLike, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.kind = kind
+        self.path = str(path)
+        self.reason = reason
+
+    def __reduce__(self):  # keep the fields when sent back from a worker process
+        return (SampleError, (self.kind, self.path, self.reason))
+
+    def record(self, name: str) -> dict[str, str]:
+        return {"name": name, "kind": self.kind, "path": self.path, "reason": self.reason}
+
+
+def raise_for_skip(skip: Mapping[str, str]) -> None:
+    """Raise the error ``--strict`` asks for: FileNotFoundError for a missing file, else ValueError."""
+    message = f"{skip['path']}: {skip['reason']}"
+    if skip["kind"] == "missing":
+        raise FileNotFoundError(message)
+    raise ValueError(message)
+
+
+# -- locations ---------------------------------------------------------------
+
+def cache_key(dataset: str, root: str | os.PathLike, request: Any) -> dict[str, Any]:
+    """What identifies a prepared cache: dataset, resolved root, input sizes, format version."""
+    return {
+        "dataset": dataset,
+        "root": os.path.realpath(os.fspath(root)),
+        "rgb_frames": int(request.rgb_frames),
+        "rgb_size": int(request.rgb_size),
+        "skeleton_frames": int(request.skeleton_frames),
+        "format_version": FORMAT_VERSION,
+    }
+
+
+def cache_directory(dataset: str, root: str | os.PathLike, request: Any) -> Path:
+    """The cache directory for ``dataset`` prepared from ``root`` at the request's sizes."""
+    key = cache_key(dataset, root, request)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    stem = re.sub(r"[^A-Za-z0-9_.+-]+", "_", Path(key["root"]).name or "root")[:40]
+    return cache_root(request.cache_dir) / dataset / f"{stem}-{digest}"
+
+
+def prepare_command(dataset: str, request: Any, root: str | os.PathLike | None = None) -> str:
+    """The shell command that prepares what ``request`` asks for.
+
+    The input sizes are named by the model preset that has them (``--preset``),
+    else spelled out.
+    """
+    sizes = tuple(int(getattr(request, f)) for f in ("rgb_frames", "rgb_size", "skeleton_frames"))
+    words = ["mmrobust", "prepare", "--dataset", dataset,
+             "--root", shlex.quote(os.fspath(root)) if root else "PATH"]
+    try:
+        from ..presets import PRESETS  # noqa: PLC0415 - only to name the sizes in a message
+    except ImportError:  # pragma: no cover - presets are part of the package
+        PRESETS = {}
+    preset = next((p.name for p in PRESETS.values()
+                   if (p.rgb_frames, p.rgb_size, p.skeleton_frames) == sizes), None)
+    if preset:
+        words += ["--preset", preset]
+    else:
+        words += ["--rgb-frames", str(sizes[0]), "--rgb-size", str(sizes[1]), "--skeleton-frames", str(sizes[2])]
+    if request.cache_dir:
+        words += ["--data-dir", shlex.quote(os.fspath(request.cache_dir))]
+    return " ".join(words)
+
+
+# -- atomic files ------------------------------------------------------------
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    write_text(path, text)
+
+
+def atomic_write_json(path: str | os.PathLike, value: Any) -> None:
+    write_text(path, json.dumps(value, indent=1, sort_keys=True) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path, encoding="utf-8") as stream:
+        return json.load(stream)
+
+
+# -- restricted unpickling ---------------------------------------------------
+
+_PICKLE_ALLOWED = {
+    ("builtins", "list"), ("builtins", "dict"), ("builtins", "tuple"), ("builtins", "set"),
+    ("builtins", "str"), ("builtins", "int"), ("builtins", "float"), ("builtins", "bytes"),
+    ("builtins", "bytearray"), ("builtins", "slice"), ("_codecs", "encode"),
+    ("collections", "OrderedDict"), ("collections", "defaultdict"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+}
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only: a data file cannot run code."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _PICKLE_ALLOWED or (module == "numpy" and name.endswith("DType")):
+            if module.startswith("numpy.core") or module.startswith("numpy._core"):
+                # numpy 1 pickles name numpy.core, numpy 2 pickles numpy._core; load either with either
+                tail = module.split(".", 2)[2]
+                for candidate in (f"numpy._core.{tail}", f"numpy.core.{tail}"):
+                    with contextlib.suppress(ImportError, AttributeError):
+                        return super().find_class(candidate, name)
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: "
+                                     "a data pickle holds only lists, dicts and arrays")
+
+
+def load_data_pickle(path: str | os.PathLike) -> Any:
+    """Load a pickle of lists, dicts, strings, numbers and numpy arrays.
+
+    Raises:
+        ValueError: the file is not such a pickle (the message names it).
+    """
+    try:
+        with open(path, "rb") as stream:
+            return _DataUnpickler(stream, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError, ValueError) as error:
+        raise ValueError(f"{path}: not a readable data pickle ({type(error).__name__}: {error})") from None
+
+
+# -- the plan ----------------------------------------------------------------
+
+@dataclasses.dataclass
+class PreparePlan:
+    """Everything :func:`run_prepare` needs, built by a dataset module from its raw release.
+
+    Attributes:
+        dataset: registry name.
+        source: which release format the tasks come from ("raw", "pyskl", ...).
+        root: the raw release that was scanned.
+        names: one sample name per task, in order.
+        tasks: one small picklable description per sample, in order.
+        arrays: per-sample shape and dtype of every array the worker returns;
+            ``"skeleton"`` (raw, NaN where nobody is) and ``"label"`` are required.
+        worker: module-level function ``(task, config) -> {array: value}``; raises
+            :class:`SampleError` for unusable input.
+        config: passed to every worker call.
+        split_masks: ``(arrays) -> {protocol: bool mask of training samples}``,
+            given the kept label and metadata arrays (not rgb or skeleton).
+        class_names: one per label.
+        skeleton_unit: "m" or "px".
+        skeleton_axes: names of the skeleton coordinate channels.
+        skipped: samples already rejected while planning (records as in
+            :meth:`SampleError.record`).
+        info: extra manifest entries (class mapping, exclusions, layout notes).
+    """
+
+    dataset: str
+    source: str
+    root: str
+    names: Sequence[str]
+    tasks: Sequence[Any]
+    arrays: Mapping[str, tuple[tuple[int, ...], str]]
+    worker: Callable[[Any, Mapping[str, Any]], Mapping[str, Any]]
+    config: Mapping[str, Any]
+    split_masks: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
+    class_names: Sequence[str]
+    skeleton_unit: str
+    skeleton_axes: Sequence[str]
+    skipped: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def digest(self) -> str:
+        """Identifies the work: the sample list, worker, config and array layout."""
+        content = {
+            "format_version": FORMAT_VERSION,
+            "dataset": self.dataset,
+            "source": self.source,
+            "worker": f"{self.worker.__module__}.{self.worker.__qualname__}",
+            "config": dict(self.config),
+            "arrays": {k: [list(s), d] for k, (s, d) in self.arrays.items()},
+            "planning_skips": [s["name"] for s in self.skipped],
+        }
+        digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode())
+        for name in self.names:
+            digest.update(name.encode() + b"\0")
+        return digest.hexdigest()
+
+
+class Planner:
+    """Collects a plan's tasks and the samples rejected while scanning; with ``strict`` a rejection raises."""
+
+    def __init__(self, strict: bool) -> None:
+        self.strict = strict
+        self.tasks: list[dict[str, Any]] = []
+        self.skipped: list[dict[str, str]] = []
+
+    def skip(self, error: SampleError, name: str) -> None:
+        record = error.record(name)
+        if self.strict:
+            raise_for_skip(record)
+        self.skipped.append(record)
+
+
+def _run_task(worker, name: str, task: Any, config: Mapping[str, Any]):
+    """Run one task; a bad sample becomes a skip record instead of an exception."""
+    try:
+        return "ok", worker(task, config)
+    except SampleError as error:
+        return "skip", error.record(name)
+    except FileNotFoundError as error:
+        return "skip", {"name": name, "kind": "missing", "path": str(error.filename or name),
+                        "reason": f"file not found ({error.strerror or error})"}
+    except OSError as error:
+        return "skip", {"name": name, "kind": "unreadable", "path": str(error.filename or name),
+                        "reason": f"cannot be read ({error.strerror or error})"}
+    except Exception as error:
+        raise RuntimeError(f"unexpected error while preparing sample {name!r}: "
+                           f"{type(error).__name__}: {error}") from error
+
+
+def _outcomes(plan: PreparePlan, start: int, workers: int) -> Iterator[tuple[int, tuple[str, Any]]]:
+    """Results of tasks ``start..`` in task order, at most a few per worker in flight."""
+    total = len(plan.tasks)
+    if workers <= 1:
+        for index in range(start, total):
+            yield index, _run_task(plan.worker, plan.names[index], plan.tasks[index], plan.config)
+        return
+    window = 2 * workers + 2
+    # spawn: workers start clean instead of copying a parent that may hold torch and its threads.
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    pending: deque = deque()
+    upcoming = iter(range(start, total))
+
+    def submit(index: int) -> None:
+        future = pool.submit(_run_task, plan.worker, plan.names[index], plan.tasks[index], plan.config)
+        pending.append((index, future))
+
+    try:
+        for index in upcoming:
+            submit(index)
+            if len(pending) >= window:
+                break
+        while pending:
+            index, future = pending.popleft()
+            outcome = future.result()
+            following = next(upcoming, None)
+            if following is not None:
+                submit(following)
+            yield index, outcome
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _exclusive(directory: Path) -> Iterator[None]:
+    """Refuse a second prepare writing to the same cache at the same time."""
+    try:
+        import fcntl  # noqa: PLC0415 - POSIX only
+    except ImportError:  # pragma: no cover - Windows: no lock
+        yield
+        return
+    with open(directory / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"another prepare is writing to {directory}; wait for it to finish") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _array_path(directory: Path, name: str, staged: bool = True) -> Path:
+    if name == "skeleton" and staged:
+        return directory / "skeleton.raw.npy"
+    return directory / f"{name}.npy"
+
+
+class RowFile:
+    """An ``.npy`` file written and read row by row with plain file I/O.
+
+    The file is created by :func:`numpy.lib.format.open_memmap` (header, then
+    space for every row) and loaders map it; while preparing it is never
+    mapped, so the resident memory of a prepare does not grow with the amount
+    written.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...] | None = None, dtype: str | None = None) -> None:
+        self.path = Path(path)
+        if shape is not None:
+            created = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.dtype(dtype), shape=shape)
+            del created
+        with open(self.path, "rb") as stream:
+            version = np.lib.format.read_magic(stream)
+            if version == (1, 0):
+                self.shape, fortran_order, self.dtype = np.lib.format.read_array_header_1_0(stream)
+            else:
+                self.shape, fortran_order, self.dtype = np.lib.format.read_array_header_2_0(stream)
+            self.offset = stream.tell()
+        if fortran_order:
+            raise ValueError(f"{self.path}: Fortran-ordered array, expected C order")
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self.stream = open(self.path, "r+b", buffering=0)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def write(self, row: int, value: np.ndarray) -> None:
+        data = np.ascontiguousarray(value, dtype=self.dtype).tobytes()
+        self.stream.seek(self.offset + row * self.row_bytes)
+        self.stream.write(data)
+
+    def read(self, rows: slice) -> np.ndarray:
+        begin, end, _ = rows.indices(self.shape[0])
+        count = max(0, end - begin)
+        self.stream.seek(self.offset + begin * self.row_bytes)
+        buffer = bytearray(count * self.row_bytes)
+        if self.stream.readinto(buffer) != len(buffer):
+            raise ValueError(f"{self.path}: file is shorter than its header says; prepare again")
+        return np.frombuffer(buffer, dtype=self.dtype).reshape(count, *self.shape[1:])
+
+    def sync(self) -> None:
+        os.fsync(self.stream.fileno())
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+def _open_staged(plan: PreparePlan, directory: Path, fresh: bool) -> dict[str, RowFile]:
+    total = len(plan.tasks)
+    files: dict[str, RowFile] = {}
+    try:
+        for name, (shape, dtype) in plan.arrays.items():
+            path = _array_path(directory, name)
+            full_shape = (total, *shape)
+            if fresh:
+                files[name] = RowFile(path, full_shape, dtype)
+                continue
+            files[name] = RowFile(path)
+            if files[name].shape != full_shape or files[name].dtype != np.dtype(dtype):
+                raise ValueError(f"{path}: staged array is {files[name].dtype} {files[name].shape}, "
+                                 f"expected {dtype} {full_shape}")
+    except BaseException:
+        for file in files.values():
+            file.close()
+        raise
+    return files
+
+
+def run_prepare(plan: PreparePlan, directory: Path, key: Mapping[str, Any], *, workers: int = 1,
+                strict: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Stream ``plan`` into the cache at ``directory``, resuming earlier work; return the manifest.
+
+    Raises:
+        ValueError / FileNotFoundError: with ``strict``, at the first unusable
+            sample; without, only when no sample at all is usable.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if not plan.tasks:
+        _raise_nothing_usable(plan)
+    directory.mkdir(parents=True, exist_ok=True)
+    with _exclusive(directory):
+        digest = plan.digest()
+        manifest_path = directory / "manifest.json"
+        if manifest_path.exists():
+            manifest = read_json(manifest_path)
+            if manifest.get("plan_digest") == digest:
+                logger.info("%s is already prepared in %s", plan.dataset, directory)
+                for leftover in (directory / "progress.json", _array_path(directory, "skeleton")):
+                    with contextlib.suppress(FileNotFoundError):
+                        leftover.unlink()  # a run killed between writing the manifest and tidying up
+                return manifest
+            logger.warning("the release under %s changed since %s was prepared; preparing again", plan.root, directory)
+            manifest_path.unlink()
+        atomic_write_json(directory / "key.json", dict(key))
+
+        progress_path = directory / "progress.json"
+        state = read_json(progress_path) if progress_path.exists() else None
+        fresh = not state or state.get("plan_digest") != digest
+        if not fresh:
+            try:
+                arrays = _open_staged(plan, directory, fresh=False)
+            except (OSError, ValueError) as error:
+                logger.warning("cannot resume (%s); starting over", error)
+                fresh = True
+        if fresh:
+            state = {"plan_digest": digest, "next": 0, "kept": 0, "skipped": list(plan.skipped)}
+            with contextlib.suppress(FileNotFoundError):
+                progress_path.unlink()
+            arrays = _open_staged(plan, directory, fresh=True)
+        elif state["next"]:
+            logger.info("resuming %s at sample %d of %d", plan.dataset, state["next"], len(plan.tasks))
+
+        try:
+            _stream(plan, arrays, state, progress_path, workers=workers, strict=strict, progress=progress)
+            manifest = _finalize(plan, directory, arrays, state, digest, key)
+        finally:
+            for file in arrays.values():
+                file.close()
+        atomic_write_json(manifest_path, manifest)
+        for leftover in (progress_path, _array_path(directory, "skeleton")):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+        return manifest
+
+
+def _stream(plan, arrays, state, progress_path, *, workers, strict, progress) -> None:
+    """Run the tasks from ``state["next"]`` on, write kept rows in order, record progress as it goes."""
+    total = len(plan.tasks)
+    skipped = state["skipped"]
+    logged = 0
+    for skip in skipped:  # found while planning
+        logged += 1
+        if logged <= _LOGGED_SKIPS:
+            logger.warning("skipping %s: %s: %s", skip["name"], skip["path"], skip["reason"])
+
+    def commit() -> None:
+        for file in arrays.values():
+            file.sync()
+        atomic_write_json(progress_path, state)
+
+    bar = tqdm(total=total, initial=state["next"], disable=not progress, unit="clip",
+               desc=f"prepare {plan.dataset}", dynamic_ncols=True)
+    last_commit = time.monotonic()
+    outcomes = _outcomes(plan, state["next"], workers)
+    try:
+        for index, (status, payload) in outcomes:
+            if status == "ok":
+                _write_row(plan, arrays, state["kept"], payload)
+                state["kept"] += 1
+            else:
+                if strict:
+                    raise_for_skip(payload)
+                skipped.append(payload)
+                logged += 1
+                if logged <= _LOGGED_SKIPS:
+                    logger.warning("skipping %s: %s: %s", payload["name"], payload["path"], payload["reason"])
+            state["next"] = index + 1
+            bar.update(1)
+            if time.monotonic() - last_commit >= COMMIT_SECONDS:
+                commit()
+                last_commit = time.monotonic()
+    finally:
+        outcomes.close()  # stops the worker pool at once, also on errors
+        bar.close()
+        commit()
+    if logged > _LOGGED_SKIPS:
+        logger.warning("%d samples skipped in all; the manifest lists each with its reason", logged)
+
+
+def _write_row(plan: PreparePlan, arrays: Mapping[str, RowFile], row: int, values: Mapping[str, Any]) -> None:
+    if set(values) != set(plan.arrays):
+        raise RuntimeError(f"worker returned arrays {sorted(values)}, plan declares {sorted(plan.arrays)}")
+    for name, value in values.items():
+        value = np.asarray(value)
+        shape, _ = plan.arrays[name]
+        if value.shape != tuple(shape):
+            raise RuntimeError(f"worker returned {name} of shape {value.shape}, plan declares {tuple(shape)}")
+        arrays[name].write(row, value)
+
+
+def _raise_nothing_usable(plan: PreparePlan, skipped: Sequence[Mapping[str, str]] = ()) -> None:
+    skipped = list(skipped) or plan.skipped
+    examples = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:3])
+    raise ValueError(f"{plan.root}: no usable {plan.dataset} sample"
+                     + (f" ({len(skipped)} skipped, e.g. {examples})" if skipped else ""))
+
+
+def _rows(shape: tuple[int, ...], dtype: np.dtype, count: int) -> Iterator[slice]:
+    row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize)
+    step = max(1, _CHUNK_BYTES // row_bytes)
+    for begin in range(0, count, step):
+        yield slice(begin, min(begin + step, count))
+
+
+def _skeleton_map(raw: RowFile, count: int) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """Scale and per-axis offset sending every valid coordinate into [margin, 1 - margin]."""
+    channels = raw.shape[1]
+    low = np.full(channels, np.inf)
+    high = np.full(channels, -np.inf)
+    for rows in _rows(raw.shape, raw.dtype, count):
+        block = np.moveaxis(raw.read(rows), 1, 0).reshape(channels, -1)
+        if np.isfinite(block).any():
+            low = np.minimum(low, np.nanmin(np.where(np.isfinite(block), block, np.nan), axis=1, initial=np.inf))
+            high = np.maximum(high, np.nanmax(np.where(np.isfinite(block), block, np.nan), axis=1, initial=-np.inf))
+    if not np.all(np.isfinite(low)):
+        raise ValueError(f"{raw.path}: no valid joint coordinate in any kept sample")
+    extent = float(np.max(high - low))
+    scale = extent / (1.0 - 2.0 * SKELETON_MARGIN) if extent > 0 else 1.0
+    offset = (low + high) / 2.0 - scale / 2.0
+    return scale, offset, low, high
+
+
+def _finalize(plan, directory: Path, arrays: Mapping[str, RowFile], state, digest: str, key) -> dict[str, Any]:
+    kept = state["kept"]
+    if kept == 0:
+        _raise_nothing_usable(plan, state["skipped"])
+
+    raw = arrays["skeleton"]
+    scale, offset, low, high = _skeleton_map(raw, kept)
+    final_path = _array_path(directory, "skeleton", staged=False)
+    temporary = final_path.with_name(".skeleton.npy.tmp")
+    mapped = RowFile(temporary, (kept, *raw.shape[1:]), "float32")
+    try:
+        shift = offset.reshape(1, -1, *([1] * (len(raw.shape) - 2)))
+        for rows in _rows(raw.shape, raw.dtype, kept):
+            values = raw.read(rows).astype(np.float64)
+            values -= shift
+            values /= scale
+            np.nan_to_num(values, copy=False, nan=0.0)
+            np.clip(values, 0.0, 1.0, out=values)
+            mapped.write(rows.start, values)  # consecutive rows: one write
+        mapped.sync()
+    finally:
+        mapped.close()
+    os.replace(temporary, final_path)
+
+    final = {name: file for name, file in arrays.items() if name != "skeleton"}
+    final["skeleton"] = RowFile(final_path)
+    try:
+        small = {name: file.read(slice(0, kept)).copy() for name, file in final.items()
+                 if name not in ("rgb", "skeleton")}
+        fingerprint = _fingerprint_rows(final, kept)
+        shapes = {name: (np.dtype(file.dtype).str, [kept, *file.shape[1:]]) for name, file in final.items()}
+    finally:
+        final["skeleton"].close()
+
+    labels = small["label"].astype(np.int64)
+    num_classes = len(plan.class_names)
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise RuntimeError(f"labels outside 0..{num_classes - 1} reached the cache; this is a bug")
+
+    def counts(mask: np.ndarray) -> dict[str, Any]:
+        return {"count": int(mask.sum()),
+                "per_class": np.bincount(labels[mask], minlength=num_classes).tolist()}
+
+    splits = {protocol: {"train": counts(is_train), "test": counts(~is_train)}
+              for protocol, is_train in plan.split_masks(small).items()}
+    skipped = state["skipped"]
+    by_kind: dict[str, int] = {}
+    for skip in skipped:
+        by_kind[skip["kind"]] = by_kind.get(skip["kind"], 0) + 1
+    return {
+        "dataset": plan.dataset,
+        "source": plan.source,
+        "root": plan.root,
+        "key": dict(key),
+        "format_version": FORMAT_VERSION,
+        "plan_digest": digest,
+        "num_samples": kept,
+        "num_planned": len(plan.tasks),
+        "modalities": [name for name in ("rgb", "skeleton") if name in final],
+        "arrays": {name: {"file": _array_path(directory, name, staged=False).name, "dtype": dtype, "shape": shape}
+                   for name, (dtype, shape) in sorted(shapes.items())},
+        "num_classes": num_classes,
+        "class_names": list(plan.class_names),
+        "per_class": np.bincount(labels, minlength=num_classes).tolist(),
+        "splits": splits,
+        "skipped": skipped,
+        "skipped_count": len(skipped),
+        "skipped_by_kind": dict(sorted(by_kind.items())),
+        "skeleton": {
+            "unit": plan.skeleton_unit,
+            "axes": list(plan.skeleton_axes),
+            "scale": scale,
+            "offset": offset.tolist(),
+            "valid_min": low.tolist(),
+            "valid_max": high.tolist(),
+            "padding": 0.0,
+            "margin": SKELETON_MARGIN,
+            "layout": "C,T,V,M",
+            "map": "value = (coordinate - offset[axis]) / scale; physical = value * scale + offset[axis]; "
+                   "valid joints in [margin, 1 - margin], 0.0 where nobody is",
+        },
+        "fingerprint": fingerprint,
+        **plan.info,
+    }
+
+
+def _fingerprint_rows(files: Mapping[str, RowFile], count: int) -> str:
+    """Same digest as :func:`mmrobust.datasets.base.fingerprint_arrays` over the first ``count`` rows,
+    read in bounded chunks."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        file = files[name]
+        digest.update(f"{name}:{file.dtype.str}:{(count, *file.shape[1:])};".encode())
+        for rows in _rows(file.shape, file.dtype, count):
+            digest.update(file.read(rows))
+    return digest.hexdigest()
+
+
+# -- reading a prepared cache ------------------------------------------------
+
+class IndexedRows:
+    """Rows ``indices`` of a (memory-mapped) array, read only when indexed.
+
+    Behaves like the array ``base[indices]`` for ``len``, ``shape``, ``dtype``
+    and indexing along the first axis, without copying the data up front.
+    """
+
+    def __init__(self, base: np.ndarray, indices: np.ndarray) -> None:
+        self.base = base
+        self.indices = np.asarray(indices, dtype=np.int64)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.indices), *self.base.shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.base.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.base.ndim
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            first, rest = key[0], key[1:]
+            return self[first][(slice(None), *rest) if not np.isscalar(first) else rest]
+        rows = self.indices[key]
+        if np.ndim(rows) == 0:
+            return np.asarray(self.base[int(rows)])
+        order = np.argsort(rows, kind="stable")  # read the file front to back
+        out = np.empty((len(rows), *self.base.shape[1:]), dtype=self.base.dtype)
+        out[order] = self.base[rows[order]]
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        values = self[:]
+        return values if dtype is None else values.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"IndexedRows(shape={self.shape}, dtype={self.dtype})"
+
+
+def select_rows(array: np.ndarray, indices: np.ndarray):
+    """``array[indices]`` without copying: a slice when the rows are contiguous, else :class:`IndexedRows`."""
+    indices = np.asarray(indices, dtype=np.int64)
+    if len(indices) and np.array_equal(indices, np.arange(indices[0], indices[0] + len(indices))):
+        return array[indices[0]:indices[0] + len(indices)]
+    return IndexedRows(array, indices)
+
+
+def find_prepared(dataset: str, request: Any) -> Path:
+    """The directory of a finished cache for ``request``.
+
+    With ``request.root`` the cache prepared from that root at the request's
+    sizes; without, the only finished cache of ``dataset`` at those sizes.
+
+    Raises:
+        FileNotFoundError: none (or several, without a root); the message gives
+            the ``mmrobust prepare`` command to run.
+    """
+    if request.root:
+        directory = cache_directory(dataset, request.root, request)
+        if (directory / "manifest.json").is_file():
+            return directory
+        command = prepare_command(dataset, request, os.path.realpath(os.fspath(request.root)))
+        if (directory / "progress.json").is_file():
+            raise FileNotFoundError(f"preparing {dataset} from {request.root} was interrupted ({directory}); "
+                                    f"resume it with: {command}")
+        raise FileNotFoundError(f"{dataset} has not been prepared from {request.root} at these sizes "
+                                f"(looked in {directory}); run: {command}")
+    sizes = {f: getattr(request, f) for f in ("rgb_frames", "rgb_size", "skeleton_frames")}
+    found = []
+    base = cache_root(request.cache_dir) / dataset
+    if base.is_dir():
+        for manifest_path in sorted(base.glob("*/manifest.json")):
+            with contextlib.suppress(OSError, ValueError):
+                key = read_json(manifest_path)["key"]
+                if all(key.get(f) == v for f, v in sizes.items()) and key.get("format_version") == FORMAT_VERSION:
+                    found.append((manifest_path.parent, key["root"]))
+    if len(found) == 1:
+        return found[0][0]
+    command = prepare_command(dataset, request)
+    if not found:
+        raise FileNotFoundError(f"{dataset} has not been prepared at these sizes (looked in {base}); "
+                                f"run: {command}")
+    roots = ", ".join(root for _, root in found)
+    raise FileNotFoundError(f"{dataset} was prepared from several roots ({roots}); choose one with --root")
+
+
+def open_prepared(directory: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The manifest and the memory-mapped arrays (first ``num_samples`` rows) of a finished cache."""
+    manifest = read_json(directory / "manifest.json")
+    count = manifest["num_samples"]
+    arrays = {}
+    for name, entry in manifest["arrays"].items():
+        path = directory / entry["file"]
+        array = np.load(path, mmap_mode="r")
+        if array.shape[1:] != tuple(entry["shape"][1:]) or len(array) < count:
+            raise ValueError(f"{path}: shape {array.shape} does not match the manifest ({entry['shape']}); "
+                             "prepare again")
+        arrays[name] = array[:count]
+    return manifest, arrays
+
+
+def build_bundle(dataset: str, request: Any, split: str, splits: Sequence[str], default_epochs: int,
+                 split_masks: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]):
+    """Open the prepared cache for ``request`` and cut it into the ``split`` protocol's train and test sets."""
+    from .base import DatasetBundle, Split  # noqa: PLC0415 - torch stays out of worker processes
+
+    directory = find_prepared(dataset, request)
+    manifest, arrays = open_prepared(directory)
+    available = [s for s in splits if s in manifest["splits"]]
+    if split not in available:
+        raise ValueError(f"{dataset} prepared from {manifest['root']} offers splits {available}, not {split!r}")
+    small = {name: np.asarray(array) for name, array in arrays.items() if name not in ("rgb", "skeleton")}
+    is_train = np.asarray(split_masks(small)[split], dtype=bool)
+
+    def subset(mask: np.ndarray):
+        indices = np.flatnonzero(mask)
+        parts = {name: select_rows(arrays[name], indices) for name in manifest["modalities"]}
+        parts["label"] = small["label"][indices].astype(np.int64)
+        return Split(parts)
+
+    fingerprint = hashlib.sha256(f"{manifest['fingerprint']}:{split}".encode()).hexdigest()
+    info = {key: manifest[key] for key in ("source", "root", "skipped_count", "skeleton", "num_samples")}
+    info.update(cache_dir=str(directory), cache_fingerprint=manifest["fingerprint"],
+                names={"train": small["name"][is_train].tolist(), "test": small["name"][~is_train].tolist()})
+    return DatasetBundle(
+        name=dataset, train=subset(is_train), test=subset(~is_train),
+        num_classes=manifest["num_classes"], class_names=tuple(manifest["class_names"]),
+        skeleton_scale=float(manifest["skeleton"]["scale"]), skeleton_unit=manifest["skeleton"]["unit"],
+        fingerprint=fingerprint, default_epochs=default_epochs, split=split, info=info,
+    )

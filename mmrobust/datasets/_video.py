@@ -1,0 +1,196 @@
+"""Frame sampling, person cropping and video decoding shared by the real datasets.
+
+The crop follows the compact person box of PYSKL's RGBPoseConv3D pipeline
+(Duan et al., "Revisiting Skeleton-based Action Recognition", CVPR 2022;
+github.com/kennymckormick/pyskl): the box around every valid joint of the
+chosen people over the sampled frames, each half-side enlarged by 25 %, made
+square, padded with black where it leaves the frame, and replaced by the whole
+frame when the people span less than 10 pixels.
+
+Videos are decoded with PyAV (FFmpeg). Only the frames a clip needs are
+converted to RGB, and each is cropped and resized as soon as it is decoded, so
+a worker holds one full-resolution frame at a time.
+
+This module imports neither torch nor the dataset registry: it runs inside
+``prepare`` worker processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from fractions import Fraction
+
+import av
+import numpy as np
+
+from ._cache import SampleError
+
+#: Half-sides of the person box grow by this fraction.
+BOX_ENLARGE = 0.25
+#: Below this extent (pixels of the decoded frame) the crop falls back to the whole frame.
+MIN_BOX_EXTENT = 10.0
+#: First wanted frame beyond which the reader seeks instead of decoding from the start.
+_SEEK_AFTER_FRAMES = 96
+
+
+def uniform_indices(num_frames: int, num_samples: int) -> np.ndarray:
+    """Deterministic uniform sampling: the centre frame of each of ``num_samples`` equal segments.
+
+    Frames repeat when the clip is shorter than ``num_samples``.
+
+    Example:
+        >>> uniform_indices(10, 4).tolist()
+        [1, 3, 6, 8]
+    """
+    if num_frames < 1 or num_samples < 1:
+        raise ValueError(f"need at least one frame and one sample, got {num_frames} and {num_samples}")
+    centres = (np.arange(num_samples, dtype=np.float64) + 0.5) * num_frames / num_samples
+    return np.minimum(np.floor(centres).astype(np.int64), num_frames - 1)
+
+
+def person_box(points: np.ndarray, width: int, height: int) -> tuple[int, int, int]:
+    """Square crop box ``(x0, y0, side)`` in pixels around the valid ``points`` (K, 2).
+
+    A point is valid when it is finite, not exactly (0, 0) (the "not detected"
+    value of Kinect and OpenPose) and inside the ``width`` x ``height`` frame.
+    The box may reach outside the frame; :func:`crop_square` pads with black.
+    Without valid points, or when they span less than :data:`MIN_BOX_EXTENT`
+    pixels, the box is the whole frame centred in a square.
+    """
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    x, y = points[:, 0], points[:, 1]
+    valid = (np.isfinite(x) & np.isfinite(y) & ~((x == 0) & (y == 0))
+             & (x >= 0) & (x < width) & (y >= 0) & (y < height))
+    if valid.any():
+        x_min, x_max = x[valid].min(), x[valid].max()
+        y_min, y_max = y[valid].min(), y[valid].max()
+        extent = max(x_max - x_min, y_max - y_min)
+        if extent >= MIN_BOX_EXTENT:
+            half = extent / 2.0 * (1.0 + BOX_ENLARGE)
+            centre_x, centre_y = (x_min + x_max) / 2.0, (y_min + y_max) / 2.0
+            side = max(1, int(np.floor(2.0 * half + 0.5)))
+            return int(np.floor(centre_x - side / 2.0 + 0.5)), int(np.floor(centre_y - side / 2.0 + 0.5)), side
+    side = max(width, height)
+    return (width - side) // 2, (height - side) // 2, side
+
+
+def crop_square(frame: np.ndarray, box: tuple[int, int, int], size: int) -> np.ndarray:
+    """Cut ``box`` out of an (H, W, 3) uint8 frame, black outside it, resized to (size, size, 3).
+
+    Resizing uses FFmpeg's area-averaging scaler, so shrinking a 1080p crop to
+    a few dozen pixels does not alias.
+    """
+    x0, y0, side = box
+    height, width = frame.shape[:2]
+    canvas = np.zeros((side, side, 3), dtype=np.uint8)
+    src_x0, src_y0 = max(x0, 0), max(y0, 0)
+    src_x1, src_y1 = min(x0 + side, width), min(y0 + side, height)
+    if src_x1 > src_x0 and src_y1 > src_y0:
+        canvas[src_y0 - y0:src_y1 - y0, src_x0 - x0:src_x1 - x0] = frame[src_y0:src_y1, src_x0:src_x1]
+    if side == size:
+        return canvas
+    resized = av.VideoFrame.from_ndarray(canvas, format="rgb24").reformat(
+        width=size, height=size, interpolation="AREA")
+    return resized.to_ndarray(format="rgb24")
+
+
+def read_clip(path: str, indices: Sequence[int], box_for_size, size: int) -> np.ndarray:
+    """Decode frames ``indices`` of a video, crop each and resize it.
+
+    Args:
+        path: the video file.
+        indices: 0-based frame numbers, in any order, repeats allowed.
+        box_for_size: ``(width, height) -> (x0, y0, side)``, the crop box for
+            the decoded frame size (known only once the stream is open).
+        size: side of the output frames.
+
+    Returns:
+        uint8 (len(indices), size, size, 3). A frame number past the end of the
+        video takes the last frame that decoded.
+
+    Raises:
+        SampleError: the file does not open or no wanted frame decodes.
+    """
+    wanted = sorted(set(int(i) for i in indices))
+    try:
+        frames = _decode_wanted(path, wanted, box_for_size, size)
+    except (av.error.FFmpegError, OSError, ValueError, EOFError) as error:
+        raise SampleError("video", path, f"video does not decode ({type(error).__name__}: {error})") from None
+    if not frames:
+        raise SampleError("video", path, "video does not decode: no frame could be read")
+    out = np.empty((len(indices), size, size, 3), dtype=np.uint8)
+    known = sorted(frames)
+    for position, index in enumerate(indices):
+        if index not in frames:
+            earlier = [k for k in known if k <= index]
+            index = earlier[-1] if earlier else known[0]
+        out[position] = frames[index]
+    return out
+
+
+def _decode_wanted(path: str, wanted: list[int], box_for_size, size: int) -> dict[int, np.ndarray]:
+    with av.open(path) as container:
+        if not container.streams.video:
+            raise ValueError("the file has no video stream")
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+        seekable = rate is not None and stream.time_base is not None and wanted[0] > _SEEK_AFTER_FRAMES
+        if seekable:
+            found = _decode_after_seek(container, stream, Fraction(rate), wanted, box_for_size, size)
+            if found is not None:
+                return found
+            container.seek(0, stream=stream)
+        return _decode_sequential(container, stream, wanted, box_for_size, size)
+
+
+def _decode_sequential(container, stream, wanted, box_for_size, size) -> dict[int, np.ndarray]:
+    """Count frames from the start; exact for any container."""
+    found: dict[int, np.ndarray] = {}
+    remaining = set(wanted)
+    last_wanted = wanted[-1]
+    box = None
+    last = None
+    for index, frame in enumerate(container.decode(stream)):
+        if box is None:
+            box = box_for_size(frame.width, frame.height)
+        if index in remaining:
+            found[index] = crop_square(frame.to_ndarray(format="rgb24"), box, size)
+            remaining.discard(index)
+        last = (index, frame)
+        if index >= last_wanted:
+            break
+    if remaining and last is not None and last[0] not in found:
+        # The video ends before some wanted frames: keep its last frame for them.
+        found[last[0]] = crop_square(last[1].to_ndarray(format="rgb24"), box, size)
+    return found
+
+
+def _decode_after_seek(container, stream, rate: Fraction, wanted, box_for_size, size):
+    """Seek near the first wanted frame and number frames by timestamp; None if unusable."""
+    time_base = Fraction(stream.time_base)
+    start = stream.start_time or 0
+    target = start + int((wanted[0] - _SEEK_AFTER_FRAMES // 2) / rate / time_base)
+    container.seek(max(target, start), stream=stream, backward=True, any_frame=False)
+    found: dict[int, np.ndarray] = {}
+    remaining = set(wanted)
+    box = None
+    last = None
+    for frame in container.decode(stream):
+        if frame.pts is None:
+            return None
+        index = int(round((frame.pts - start) * time_base * rate))
+        if last is None and index > wanted[0]:
+            return None  # landed past the first wanted frame
+        if box is None:
+            box = box_for_size(frame.width, frame.height)
+        if index in remaining:
+            found[index] = crop_square(frame.to_ndarray(format="rgb24"), box, size)
+            remaining.discard(index)
+        last = (index, frame)
+        if index >= wanted[-1]:
+            break
+    if last is None:
+        return None
+    if remaining and last[0] not in found:
+        found[last[0]] = crop_square(last[1].to_ndarray(format="rgb24"), box, size)
+    return found

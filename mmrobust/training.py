@@ -1,0 +1,176 @@
+"""The training loop: SGD with momentum and cosine annealing, one checkpoint per epoch.
+
+Readable top to bottom: for each epoch, shuffle with a generator seeded by
+(seed, epoch), ask the defense for the loss of each batch, step, then write the
+epoch's log line and checkpoint atomically. A checkpoint holds model, optimiser,
+scheduler and RNG state, so a resumed run reaches exactly the weights of an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmrobust.config import RunConfig
+from mmrobust.datasets.base import Split
+from mmrobust.defense import Defense, TrainContext
+from mmrobust.results import save_torch, write_text
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+MONITOR_SIZE = 1024
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or belongs to another run."""
+
+
+@dataclass
+class TrainResult:
+    epochs_run: int
+    seconds: float
+    history: list[dict[str, Any]]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available here; use --device cpu or auto")
+    return device
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; clear error if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"checkpoint {path} is not a readable mmrobust checkpoint ({type(error).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or "model" not in state:
+        raise CheckpointError(f"checkpoint {path} is not an mmrobust checkpoint of format {CHECKPOINT_FORMAT}")
+    return state
+
+
+def load_model_state(model: nn.Module, state: dict[str, Any], path: str | Path) -> None:
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise CheckpointError(f"checkpoint {path} does not fit this model: {first}") from None
+
+
+def _read_log(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row for row in rows if row["epoch"] < upto_epoch]
+
+
+def train(model: nn.Module, defense: Defense, data: Split, config: RunConfig, epochs: int, run_dir: Path,
+          *, device: torch.device, resume: dict[str, Any] | None = None, progress: bool = True,
+          after_epoch: Callable[[int], None] | None = None) -> TrainResult:
+    """Train ``model`` in place for ``epochs`` epochs, checkpointing into ``run_dir``.
+
+    Args:
+        resume: a checkpoint from :func:`load_checkpoint` to continue from.
+        after_epoch: called with the finished epoch index after its checkpoint
+            is on disk (tests use it to simulate a crash).
+    """
+    from tqdm.auto import tqdm
+
+    model.to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    start_epoch = 0
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        torch.set_rng_state(resume["rng"])
+        start_epoch = int(resume["epoch"])
+    # Clean accuracy in eval mode is tracked on a fixed subset of the training set.
+    monitor = data.take(torch.randperm(len(data), generator=torch.Generator().manual_seed(config.seed))[:MONITOR_SIZE].numpy())
+    log_path = run_dir / "train_log.jsonl"
+    history = _read_log(log_path, start_epoch)
+    started = time.perf_counter()
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        epoch_start = time.perf_counter()
+        shuffle = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        ctx = TrainContext(device=device, epoch=epoch, generator=torch.Generator(device=device).manual_seed(
+            config.seed * 100_019 + epoch), modalities=tuple(getattr(model, "modalities", ())))
+        total_loss, correct, seen = 0.0, 0, 0
+        batches = data.batches(config.batch_size, shuffle=True, generator=shuffle,
+                               modalities=ctx.modalities or None)
+        bar = tqdm(batches, total=math.ceil(len(data) / config.batch_size), disable=None if progress else True,
+                   desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False, dynamic_ncols=True)
+        for batch in bar:
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            loss = defense.loss(model, batch, ctx)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch + 1}; "
+                                         "lower --lr or check the data")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            n = len(batch["label"])
+            total_loss += loss.item() * n
+            seen += n
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}")
+        scheduler.step()
+        correct = _accuracy_counts(model, monitor, config.batch_size * 4, device, ctx.modalities)
+        row = {"epoch": epoch, "loss": total_loss / seen, "train_accuracy": 100.0 * correct / len(monitor),
+               "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - epoch_start}
+        history.append(row)
+        save_torch(run_dir / "checkpoint.pt", {
+            "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "epochs": epochs, "config": config.to_dict(),
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+        })
+        write_text(log_path, "".join(json.dumps(r) + "\n" for r in history))
+        log.info("epoch %d/%d loss %.4f train acc %.2f%%", epoch + 1, epochs, row["loss"], row["train_accuracy"])
+        if progress:
+            tqdm.write(f"epoch {epoch + 1}/{epochs}: loss {row['loss']:.4f}, train accuracy "
+                       f"{row['train_accuracy']:.1f}%, {row['seconds']:.1f}s")
+        if after_epoch is not None:
+            after_epoch(epoch)
+    return TrainResult(epochs_run=epochs - start_epoch, seconds=time.perf_counter() - started, history=history)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: Split, batch_size: int, device: torch.device,
+            modalities: tuple[str, ...] = ()) -> torch.Tensor:
+    """Predicted class of every sample, in eval mode (the model's mode is restored)."""
+    from mmrobust.model import logits_of
+
+    was_training = model.training
+    model.eval()
+    try:
+        out = []
+        for batch in data.batches(batch_size, modalities=modalities or None):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            out.append(logits_of(model(batch)).argmax(1).cpu())
+        return torch.cat(out)
+    finally:
+        model.train(was_training)
+
+
+def _accuracy_counts(model: nn.Module, data: Split, batch_size: int, device: torch.device,
+                     modalities: tuple[str, ...]) -> int:
+    predictions = predict(model, data, batch_size, device, modalities)
+    return int((predictions == torch.from_numpy(data.labels)).sum())
