@@ -71,8 +71,43 @@ def cli(verbose: int) -> None:
 _RUN_FLAGS = {  # CLI option name -> RunConfig field
     "dataset": "dataset", "split": "split", "root": "root", "data_dir": "data_dir", "data_seed": "data_seed",
     "defense": "defense", "preset": "preset", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
-    "seed": "seed", "device": "device",
+    "seed": "seed", "device": "device", "eval_batch_size": "eval_batch_size",
 }
+
+
+def _eps_option(value: str | None) -> float | None:
+    from mmrobust.protocol import parse_eps
+
+    return None if value is None else parse_eps(value)
+
+
+def _attacks_option(value: str | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(a.strip() for a in value.split(",") if a.strip())
+
+
+def format_metrics(record: dict[str, Any]) -> str:
+    """The record as the paper's Table 2: one row per attack."""
+    from tabulate import tabulate
+
+    metrics = record["metrics"]
+    targets = [t for t in ("R", "S", "RS") if any(t in v for v in metrics["attacks"].values())]
+    rows = []
+    for attack, values in metrics["attacks"].items():
+        ri = values.get("ri")
+        rows.append([attack, metrics["clean"], *[values.get(t) for t in targets], values["avg"],
+                     "" if ri is None else ri])
+    headers = ["attack", "✓RS", *[f"✗{t}" for t in targets], "Avg", "RI"]
+    table = tabulate(rows, headers=headers, floatfmt=".2f")
+    note = metrics.get("ri_reference", {}).get("note")
+    failed = [k for k, ok in record.get("flags", {}).get("sanity", {}).items() if not ok]
+    lines = [table]
+    if note:
+        lines.append(f"RI: {note}")
+    if record.get("flags", {}).get("surrogate_used"):
+        lines.append("robust accuracy counts the worse of the direct and the surrogate (BPDA) attack")
+    if failed:
+        lines.append(f"sanity checks failed: {', '.join(failed)}")
+    return "\n".join(lines)
 
 
 @cli.command()
@@ -84,7 +119,8 @@ _RUN_FLAGS = {  # CLI option name -> RunConfig field
 @click.option("--modalities", default=None, metavar="M[,M]",
               help="Train on a subset of the modalities, e.g. 'rgb' or 'skeleton' (unimodal baseline).")
 @click.option("--split", default=None, help="Dataset protocol, e.g. xsub or xview for ntu60.")
-@click.option("--root", default=None, type=click.Path(file_okay=False), help="Folder of a real dataset's release.")
+@click.option("--root", default=None, type=click.Path(),
+              help="A real dataset's release folder (or PYSKL pickle for ntu60), prepared with `mmrobust prepare`.")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False),
               help="Cache for generated/prepared data [default: $MMROBUST_CACHE or ~/.cache/mmrobust].")
 @click.option("--data-seed", default=0, show_default=True, type=int, help="Seed of the synthetic data generator.")
@@ -94,6 +130,11 @@ _RUN_FLAGS = {  # CLI option name -> RunConfig field
               help="Initial learning rate (SGD, momentum 0.9, cosine annealing, weight decay 5e-4).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of initialisation, shuffling and dropout.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--eps", default=None, metavar="EPS", help="Attack budget, e.g. 4/255 (changes the protocol's name).")
+@click.option("--attacks", default=None, metavar="A[,A]",
+              help="Attacks to run, e.g. pgd20 or fgsm,ta:APGD (changes the protocol's name).")
+@click.option("--eval-batch-size", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Samples attacked together.")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
               help="A flat TOML file of run settings; flags given explicitly override it.")
 @click.option("--run-dir", default=None, type=click.Path(file_okay=False),
@@ -103,8 +144,12 @@ _RUN_FLAGS = {  # CLI option name -> RunConfig field
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
 def run(ctx: click.Context, modalities: str | None, defense_params: tuple[str, ...], config_file: str | None,
-        run_dir: str | None, resume: str | None, quiet: bool, **flags: Any) -> None:
-    """Train a defended model and evaluate it; write DIR/result.json.
+        run_dir: str | None, resume: str | None, quiet: bool, eps: str | None, attacks: str | None,
+        **flags: Any) -> None:
+    """Train a defended model, evaluate it under the protocol, write DIR/result.json.
+
+    The evaluation is standard-v1: clean accuracy and FGSM, PGD-20 and CW∞
+    (ε = 8/255) on RGB only (R), skeleton only (S) and both (RS).
 
     \b
     Examples:
@@ -121,6 +166,10 @@ def run(ctx: click.Context, modalities: str | None, defense_params: tuple[str, .
         explicit["modalities"] = tuple(m.strip() for m in modalities.split(",") if m.strip())
     if defense_params:
         explicit["defense_params"] = _parse_params(defense_params)
+    if eps is not None:
+        explicit["eps"] = _eps_option(eps)
+    if attacks is not None:
+        explicit["attacks"] = _attacks_option(attacks)
 
     base = RunConfig.from_toml(config_file) if config_file else RunConfig()
     config = RunConfig.from_dict({**base.to_dict(), **explicit})
@@ -140,11 +189,48 @@ def run(ctx: click.Context, modalities: str | None, defense_params: tuple[str, .
 
     click.echo(f"run directory: {directory}", err=True)
     record = execute(config, directory, resume=state, progress=not quiet)
-    metrics = record["metrics"]
-    click.echo(f"{record['dataset']} / {record['defense']} / {record['preset']} "
-               f"({'+'.join(record['modalities'])}): clean accuracy {metrics['clean']:.2f}% "
-               f"on {record['data']['test_size']} test clips")
-    click.echo(f"record: {directory / 'result.json'}")
+    _report(record, directory)
+
+
+def _report(record: dict[str, Any], directory: Path) -> None:
+    from mmrobust.run import record_name
+
+    click.echo(f"{record['dataset']} / {record['defense']} / {record['preset']} ({'+'.join(record['modalities'])}), "
+               f"{record['protocol']}, {record['data']['test_size']} test clips: "
+               f"clean accuracy {record['metrics']['clean']:.2f}%")
+    click.echo(format_metrics(record))
+    click.echo(f"record: {directory / record_name(record['protocol'])}")
+
+
+# -- eval ---------------------------------------------------------------------
+
+@cli.command(name="eval")
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False, exists=True),
+              help="A finished run (holds config.json and model.pt).")
+@click.option("--eps", default=None, metavar="EPS", help="Attack budget, e.g. 4/255 (changes the protocol's name).")
+@click.option("--attacks", default=None, metavar="A[,A]", help="Attacks to run, e.g. pgd20 or fgsm,ta:APGD.")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [default: the run's].")
+@click.option("--eval-batch-size", default=None, type=click.IntRange(min=1))
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def eval_(run_dir: str, eps: str | None, attacks: str | None, device: str | None, eval_batch_size: int | None,
+          quiet: bool) -> None:
+    """Evaluate a trained run again, without retraining.
+
+    With the default settings the record is DIR/result.json; with --eps or
+    --attacks it is DIR/result-<protocol>.json, never ranked with standard-v1.
+    An interrupted evaluation resumes from the finished cells.
+
+    \b
+    Examples:
+      mmrobust eval --run-dir runs/synthetic/none-tiny-s0
+      mmrobust eval --run-dir runs/synthetic/none-tiny-s0 --eps 4/255 --attacks pgd20
+    """
+    from mmrobust.run import reevaluate
+
+    directory = Path(run_dir)
+    record = reevaluate(directory, eps=_eps_option(eps), attacks=_attacks_option(attacks), device=device,
+                        batch_size=eval_batch_size, progress=not quiet)
+    _report(record, directory)
 
 
 # -- list ---------------------------------------------------------------------
@@ -238,6 +324,97 @@ def inspect(dataset: str, out: str, part: str, per_class: int, preset: str, root
     config = RunConfig(dataset=dataset, preset=preset, root=root, data_dir=data_dir, data_seed=data_seed)
     path = contact_sheet(load_data(config), out, split=part, per_class=per_class)
     click.echo(f"wrote {path}")
+
+
+# -- leaderboard --------------------------------------------------------------
+
+@cli.command()
+@click.option("--dataset", default=None, help="Only this dataset [default: every dataset with records].")
+@click.option("--protocol", default="standard-v1", show_default=True)
+@click.option("--attack", default="pgd20", show_default=True, help="Attack whose ✗R/✗S/✗RS/Avg/RI are shown.")
+@click.option("--format", "fmt", default="md", show_default=True, type=click.Choice(["md", "csv", "html"]),
+              help="What to print; all three files are written.")
+@click.option("--records", "sources", multiple=True, type=click.Path(exists=True),
+              help="Record files or folders, repeatable [default: runs/ and leaderboards/].")
+@click.option("--out", default="leaderboards", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for <dataset>/<protocol>.{md,csv,html}.")
+def leaderboard(dataset: str | None, protocol: str, attack: str, fmt: str, sources: tuple[str, ...],
+                out: str) -> None:
+    """Rank every evaluated record, per dataset, under one protocol.
+
+    Sorted by robust Avg under --attack. Records of another protocol (changed
+    ε or attacks) are never mixed in. For ntu60 and imigue the paper's own
+    numbers appear as rows marked "reported".
+
+    \b
+    Examples:
+      mmrobust leaderboard
+      mmrobust leaderboard --dataset synthetic --attack cw30 --format csv
+    """
+    import warnings
+
+    from mmrobust.leaderboard import RecordWarning, build_table, load_records, render, write_leaderboard
+
+    paths = [Path(p) for p in sources] or [p for p in (Path("runs"), Path(out)) if p.exists()]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RecordWarning)
+        records = load_records(paths)
+    for warning in caught:
+        click.echo(f"warning: {warning.message}", err=True)
+    datasets = [dataset] if dataset else sorted({r["dataset"] for r in records if r.get("protocol") == protocol})
+    if not datasets:
+        raise click.ClickException(f"no {protocol} records found under {', '.join(map(str, paths)) or 'runs/'}; "
+                                   "run `mmrobust run` first")
+    for name in datasets:
+        table = build_table(records, name, protocol=protocol, attack=attack)
+        if table.empty:
+            raise click.ClickException(f"no {protocol} records for dataset {name!r}")
+        written = write_leaderboard(table, out, name, protocol)
+        click.echo(render(table, fmt))
+        click.echo(f"wrote {', '.join(str(p) for p in written)}", err=True)
+
+
+# -- prepare ------------------------------------------------------------------
+
+@cli.command(name="prepare")
+@click.option("--dataset", required=True, help="A dataset with a prepare step (ntu60, imigue).")
+@click.option("--root", required=True, type=click.Path(exists=True),
+              help="The release as its archives extract (NTU: holds nturgb+d_skeletons/ and nturgb+d_rgb/).")
+@click.option("--preset", default="tiny", show_default=True, help="Input sizes to prepare for (tiny or paper).")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False),
+              help="Cache folder [default: $MMROBUST_CACHE or ~/.cache/mmrobust].")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Decoding processes.")
+@click.option("--strict", is_flag=True, help="Stop at the first unusable sample instead of skipping it.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def prepare_(dataset: str, root: str, preset: str, data_dir: str | None, workers: int, strict: bool,
+             quiet: bool) -> None:
+    """Turn a dataset's raw release into the compact cache that runs read.
+
+    Resumable: a killed prepare continues where it stopped when run again with
+    the same arguments. Unusable samples (truncated files, undecodable video,
+    NaN joints, ...) are skipped and listed with their reason in the manifest.
+
+    \b
+    Examples:
+      mmrobust prepare --dataset ntu60 --root /data/nturgbd --preset paper --workers 8
+      mmrobust run --defense amr --dataset ntu60 --split xsub --root /data/nturgbd --preset paper --device cuda
+    """
+    from mmrobust.datasets.prepare import prepare
+    from mmrobust.presets import get_preset
+
+    request = get_preset(preset).data_request(cache_dir=data_dir, progress=not quiet)
+    try:
+        manifest = prepare(dataset, root, request, workers=workers, strict=strict)
+    except KeyboardInterrupt:
+        raise click.ClickException("interrupted; run the same command again to resume") from None
+    except RuntimeError as error:  # e.g. another prepare holds the cache
+        raise click.ClickException(str(error)) from None
+    skipped = manifest.get("skipped", [])
+    click.echo(f"prepared {dataset} from {root}: {manifest['num_samples']} samples, {len(skipped)} skipped")
+    for split, parts in manifest["splits"].items():
+        click.echo(f"  {split}: " + ", ".join(f"{part} {info['count']}" for part, info in parts.items()))
+    for reason, count in manifest.get("skipped_by_kind", {}).items():
+        click.echo(f"  skipped ({reason}): {count}")
 
 
 def main() -> None:

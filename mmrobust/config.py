@@ -42,6 +42,9 @@ class RunConfig:
         batch_size, lr, momentum, weight_decay: SGD with cosine annealing.
         seed: seed of initialisation, shuffling and dropout.
         device: ``auto``, ``cpu`` or ``cuda`` (or ``cuda:N``).
+        protocol: evaluation protocol; ``eps`` and ``attacks`` change its
+            settings (and so its name: such results are never ranked with it).
+        eval_batch_size: samples attacked together.
     """
 
     dataset: str = "synthetic"
@@ -60,9 +63,13 @@ class RunConfig:
     weight_decay: float = 5e-4
     seed: int = 0
     device: str = "auto"
+    protocol: str = "standard-v1"
+    eps: float | None = None
+    attacks: tuple[str, ...] = ()
+    eval_batch_size: int = 64
 
     def __post_init__(self) -> None:
-        for name in ("batch_size",):
+        for name in ("batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         if self.epochs is not None and self.epochs < 1:
@@ -76,6 +83,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["modalities"] = list(self.modalities)
+        out["attacks"] = list(self.attacks)
         return out
 
     @classmethod

@@ -1,54 +1,23 @@
-"""Files a run leaves behind, written atomically, and their provenance.
+"""Checkpoint files and the provenance stamped on every result record.
 
 A run directory holds ``config.json`` (the resolved configuration),
-``train_log.jsonl`` (one line per epoch), ``checkpoint.pt`` and
-``result.json``. Every file is written to a temporary sibling and moved into
-place, so a crash leaves either the old file or the new one, never half of one.
+``train_log.jsonl`` (one line per epoch), ``checkpoint.pt``, ``model.pt``,
+``outcomes.npz`` and ``result.json``, all written through
+:func:`mmrobust.files.atomic_write`.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import datetime
 import platform
 import subprocess
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
 import mmrobust
-
-RECORD_SCHEMA = 1
-
-
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(handle)`` on a temporary file, fsync, and rename it to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def write_json(path: str | Path, data: Any) -> Path:
-    text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n"
-    return atomic_write(path, lambda handle: handle.write(text.encode()))
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    return atomic_write(path, lambda handle: handle.write(text.encode()))
+from mmrobust.files import atomic_write
 
 
 def save_torch(path: str | Path, obj: Any) -> Path:
@@ -76,6 +45,7 @@ def device_name(device: torch.device) -> str:
 
 def provenance(device: torch.device, seed: int) -> dict[str, Any]:
     return {
+        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "mmrobust_version": mmrobust.__version__,
         "git_commit": git_commit(),
         "torch_version": torch.__version__,

@@ -1,7 +1,7 @@
 """One benchmark run, from configuration to result record.
 
     RunConfig ─► dataset ─► model ─► defense.build ─► train ─► defense.after_training
-              ─► checkpoint ─► evaluate ─► result.json
+              ─► model.pt ─► protocol.evaluate ─► metrics ─► result.json
 
 ``execute`` is what ``mmrobust run`` calls; every step is a function of the
 previous one's output.
@@ -9,6 +9,7 @@ previous one's output.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -23,8 +24,12 @@ from mmrobust.defense import Defense, TrainContext, build_defense
 from mmrobust.model import MultimodalNet, unimodal_modalities
 from mmrobust.presets import get_preset, model_for
 from mmrobust.registry import DATASETS
-from mmrobust.results import RECORD_SCHEMA, provenance, write_json
-from mmrobust.training import load_checkpoint, load_model_state, predict, resolve_device, train
+from mmrobust.leaderboard import load_records
+from mmrobust.metrics import fill_ri, robust_metrics
+from mmrobust.protocol import STANDARD_V1, Protocol, evaluate, get_protocol
+from mmrobust.files import RECORD_SCHEMA, write_json
+from mmrobust.results import provenance, save_torch
+from mmrobust.training import CHECKPOINT_FORMAT, load_checkpoint, load_model_state, resolve_device, train
 
 log = logging.getLogger(__name__)
 
@@ -89,25 +94,46 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
         raise RunDirError(f"run directory {run_dir} is not writable ({error.strerror})") from None
 
 
-def clean_accuracy(model: torch.nn.Module, exp: Experiment, batch_size: int = 64) -> float:
-    predictions = predict(model, exp.data.test, batch_size, exp.device, exp.config.modalities)
-    labels = torch.from_numpy(exp.data.test.labels)
-    return 100.0 * float((predictions == labels).float().mean())
+def record_name(protocol: str) -> str:
+    """``result.json`` for the standard protocol, ``result-<protocol>.json`` otherwise."""
+    return "result.json" if protocol == STANDARD_V1.name else f"result-{protocol}.json"
 
 
 def execute(config: RunConfig, run_dir: Path, *, resume: dict[str, Any] | None = None, progress: bool = True,
             after_epoch=None) -> dict[str, Any]:
-    """Train (or continue training) and evaluate; write and return the result record."""
+    """Train (or continue training), evaluate, and write the result record."""
     started = time.perf_counter()
     exp = prepare(config, progress)
     config = exp.config
+    protocol = get_protocol(config.protocol, eps=config.eps, attacks=config.attacks)  # fail before training
     write_json(run_dir / "config.json", config.to_dict())
     if resume is not None:
         load_model_state(exp.model, resume, run_dir / "checkpoint.pt")
     result = train(exp.model, exp.defense, exp.data.train, config, config.epochs, run_dir, device=exp.device,
                    resume=resume, progress=progress, after_epoch=after_epoch)
     exp.defense.after_training(exp.model, exp.data.train, TrainContext(device=exp.device, modalities=config.modalities))
-    metrics = {"clean": clean_accuracy(exp.model, exp)}
+    save_final_model(exp.model, config, run_dir)
+    training = {"epochs": config.epochs, "final_loss": result.history[-1]["loss"] if result.history else None,
+                "seconds": result.seconds}
+    return evaluate_experiment(exp, run_dir, protocol, training=training, started=started, progress=progress)
+
+
+def save_final_model(model: torch.nn.Module, config: RunConfig, run_dir: Path) -> None:
+    """The trained weights, including anything filled in after training (memory banks)."""
+    save_torch(run_dir / "model.pt", {"format": CHECKPOINT_FORMAT, "config": config.to_dict(),
+                                      "model": model.state_dict()})
+
+
+def evaluate_experiment(exp: Experiment, run_dir: Path, protocol: Protocol, *, training: dict[str, Any] | None,
+                        started: float, progress: bool = True) -> dict[str, Any]:
+    """Run the protocol on the test split; write outcomes and the record."""
+    config = exp.config
+    suffix = "" if protocol.name == STANDARD_V1.name else f"-{protocol.name}"
+    evaluation = evaluate(exp.model, exp.data.test, protocol, modalities=config.modalities,
+                          batch_size=config.eval_batch_size, device=exp.device,
+                          surrogate=exp.defense.surrogate(exp.model), state_path=run_dir / f"outcomes{suffix}.npz",
+                          data_id=exp.data.fingerprint, progress=progress)
+    metrics = robust_metrics(evaluation.clean, evaluation.robust)
     record = {
         "schema": RECORD_SCHEMA,
         "dataset": config.dataset,
@@ -115,17 +141,87 @@ def execute(config: RunConfig, run_dir: Path, *, resume: dict[str, Any] | None =
         "defense": config.defense,
         "preset": config.preset,
         "modalities": list(config.modalities),
+        "protocol": protocol.name,
+        "protocol_settings": protocol.settings(),
         "config": config.to_dict(),
         "metrics": metrics,
+        "flags": {"surrogate_used": evaluation.surrogate_used,
+                  "sanity": {**evaluation.audit, **consistency_checks(metrics, len(evaluation.labels))}},
+        "evaluation": {"outcomes": f"outcomes{suffix}.npz", "batch_size": config.eval_batch_size,
+                       **evaluation.cost},
         "data": {"fingerprint": exp.data.fingerprint, "train_size": len(exp.data.train),
                  "test_size": len(exp.data.test), "num_classes": exp.data.num_classes,
                  "skeleton_scale": exp.data.skeleton_scale, "skeleton_unit": exp.data.skeleton_unit},
-        "training": {"epochs": config.epochs, "final_loss": result.history[-1]["loss"] if result.history else None,
-                     "seconds": result.seconds},
+        "training": training,
         "provenance": {**provenance(exp.device, config.seed), "wall_seconds": time.perf_counter() - started},
     }
-    write_json(run_dir / "result.json", record)
+    record = attach_reference(record, run_dir)
+    write_json(run_dir / record_name(protocol.name), record)
     return record
+
+
+def attach_reference(record: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Fill RI from the ``none`` record of the same dataset, preset, split, modalities and protocol.
+
+    Looked for among the sibling run directories; RI stays null, with a note, if
+    there is none (``mmrobust leaderboard`` recomputes it from all records).
+    """
+    if record["defense"] == "none":
+        reference, where = record, str(run_dir)
+    else:
+        candidates = [r for r in load_records([run_dir.parent])
+                      if r.get("defense") == "none" and same_setting(r, record)]
+        reference = max(candidates, key=lambda r: r["provenance"].get("finished_at", ""), default=None)
+        where = reference["_source"]["path"] if reference is not None else None
+    metrics = dict(record["metrics"])
+    if reference is None:
+        metrics["ri_reference"] = {"run": None, "note": "no 'none' record of the same dataset, preset, split, "
+                                                        "modalities and protocol was found; RI left empty"}
+    else:
+        metrics = fill_ri(metrics, reference["metrics"], reference_run=where)
+    return {**record, "metrics": metrics}
+
+
+def same_setting(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return all(a.get(k) == b.get(k) for k in ("dataset", "preset", "split", "modalities", "protocol"))
+
+
+def consistency_checks(metrics: dict[str, Any], n: int) -> dict[str, bool]:
+    """PGD ≤ FGSM and ✗RS ≤ min(✗R, ✗S) per attack, within one sample."""
+    slack = 100.0 / max(n, 1)
+    attacks = metrics["attacks"]
+    checks = {}
+    if "fgsm" in attacks and "pgd20" in attacks:
+        checks["pgd_le_fgsm"] = all(attacks["pgd20"][t] <= attacks["fgsm"][t] + slack
+                                    for t in attacks["fgsm"] if t in ("R", "S", "RS"))
+    checks["all_le_min_single"] = all(
+        values["RS"] <= min(values["R"], values["S"]) + slack
+        for values in attacks.values() if all(t in values for t in ("R", "S", "RS")))
+    return checks
+
+
+def reevaluate(run_dir: Path, *, eps: float | None = None, attacks: tuple[str, ...] | None = None,
+               device: str | None = None, batch_size: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Evaluate a trained run again without retraining (``mmrobust eval``)."""
+    started = time.perf_counter()
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
+    config = RunConfig.from_dict(json.loads(config_path.read_text()), source=str(config_path))
+    changes = {k: v for k, v in {"eps": eps, "attacks": attacks, "device": device,
+                                 "eval_batch_size": batch_size}.items() if v is not None}
+    config = config.replace(**changes)
+    protocol = get_protocol(config.protocol, eps=config.eps, attacks=config.attacks)
+    model_path = run_dir / "model.pt"
+    if not model_path.is_file():
+        raise FileNotFoundError(f"{run_dir} has no trained model ({model_path.name}); finish the run first "
+                                f"with mmrobust run --run-dir {run_dir} --resume")
+    exp = prepare(config, progress)
+    load_model_state(exp.model, load_checkpoint(model_path), model_path)
+    exp.model.to(exp.device)
+    previous = run_dir / "result.json"
+    training = json.loads(previous.read_text()).get("training") if previous.is_file() else None
+    return evaluate_experiment(exp, run_dir, protocol, training=training, started=started, progress=progress)
 
 
 def resume_state(run_dir: Path, checkpoint: str | None) -> dict[str, Any]:

@@ -24,7 +24,8 @@ from torch import nn
 from mmrobust.config import RunConfig
 from mmrobust.datasets.base import Split
 from mmrobust.defense import Defense, TrainContext
-from mmrobust.results import save_torch, write_text
+from mmrobust.files import write_text
+from mmrobust.results import save_torch
 
 log = logging.getLogger(__name__)
 

@@ -62,7 +62,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mmrobust.datasets.base import cache_root
-from mmrobust.results import write_text
+from mmrobust.files import write_text
 
 logger = logging.getLogger("mmrobust.datasets")
 

@@ -43,7 +43,7 @@ import numpy as np
 
 from mmrobust.datasets.base import DataRequest, DatasetBundle, Split, cache_root, fingerprint_arrays
 from mmrobust.registry import register_dataset
-from mmrobust.results import atomic_write
+from mmrobust.files import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,34 @@
+# Set-up and everyday commands. Everything installs into .venv from the repo's own files.
+#
+#   make run     set up, then train and evaluate the undefended model on the embedded synthetic data
+#   make test    set up, then run the test suite
+#
+# torch is pinned to the CPU build this machine provides (any other spec pulls
+# CUDA wheels); torchattacks goes in with --no-deps because it declares
+# torchvision and an old requests that it never imports.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+
+.PHONY: setup run test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet --no-deps torchattacks==3.5.1
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+run: setup
+	$(BIN)/mmrobust run --defense none --dataset synthetic
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

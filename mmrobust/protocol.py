@@ -1,0 +1,341 @@
+"""The evaluation protocol: what the benchmark measures, and how.
+
+``standard-v1`` reproduces the AMR paper's evaluation (Sec. 4.2, Table 2):
+
+* clean accuracy of the fused model (✓RS);
+* FGSM (ε = 8/255), PGD-20 (ε = 8/255, α = 2/255, random start) and CW∞
+  (PGD-30 on the margin loss, ε = 8/255, α = 2/255), white-box;
+* each attack on RGB only (R), skeleton only (S) and both (RS).
+
+The model is in eval mode and the test clips are fixed. Every outcome is kept
+per sample, so any aggregate (Avg, RI, the worst case over attacks, confidence
+intervals) is recomputed from them by :mod:`mmrobust.metrics`.
+
+Cost is kept down without changing any number: one clean forward per sample is
+shared by every cell, a sample misclassified clean is never attacked, and a
+sample leaves an attack at the step that fools it, keeping that example (exact
+for robust accuracy). A defense that ships a differentiable surrogate (BPDA) is
+attacked through both the model and the surrogate; a sample counts as robust
+only if it survives both.
+
+A protocol with changed settings gets another name (``standard-v1~<digest>``),
+so its numbers are never ranked against ``standard-v1``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mmrobust.attack import build_attack
+from mmrobust.datasets.base import Split
+from mmrobust.model import logits_of
+from mmrobust.files import atomic_write
+
+log = logging.getLogger(__name__)
+
+MODALITY_CODES = {"rgb": "R", "skeleton": "S"}
+
+
+@dataclass(frozen=True)
+class AttackSetting:
+    """One attack of a protocol: its column name, registered attack and parameters."""
+
+    key: str
+    attack: str
+    params: tuple[tuple[str, Any], ...] = ()
+
+    def build(self):
+        return build_attack(self.attack, **dict(self.params))
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A named, versioned evaluation suite."""
+
+    name: str
+    eps: float
+    attacks: tuple[AttackSetting, ...]
+    seed: int = 0
+
+    def settings(self) -> dict[str, Any]:
+        """The settings as plain data (stored with every result)."""
+        return {"eps": self.eps, "seed": self.seed,
+                "attacks": {a.key: {"attack": a.attack, **dict(a.params)} for a in self.attacks}}
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()[:8]
+
+
+STANDARD_V1 = Protocol(
+    name="standard-v1",
+    eps=8 / 255,
+    attacks=(
+        AttackSetting("fgsm", "fgsm"),
+        AttackSetting("pgd20", "pgd", (("steps", 20), ("rel_step", 0.25), ("random_start", True))),
+        AttackSetting("cw30", "cw-inf", (("steps", 30), ("rel_step", 0.25), ("random_start", True))),
+    ),
+)
+PROTOCOLS = {STANDARD_V1.name: STANDARD_V1}
+
+
+def parse_eps(text: str | float) -> float:
+    """ε from a number or a fraction such as ``8/255``; must lie in (0, 1]."""
+    try:
+        value = float(Fraction(str(text).strip()))
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"eps {text!r} is not a number or fraction like 8/255") from None
+    if not 0 < value <= 1:
+        raise ValueError(f"eps {text!r} must be in (0, 1] (inputs live in [0, 1])")
+    return value
+
+
+def get_protocol(name: str = "standard-v1", *, eps: float | None = None,
+                 attacks: Sequence[str] = ()) -> Protocol:
+    """A registered protocol, optionally with ε or the attack list changed.
+
+    ``attacks`` are column keys of the base protocol (``fgsm``, ``pgd20``,
+    ``cw30``), any registered attack name with its defaults, or ``ta:<Class>``.
+    Changed settings yield the name ``<name>~<digest>``.
+    """
+    base_name = name.split("~")[0]
+    if base_name not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {name!r}; available: {', '.join(PROTOCOLS)}")
+    base = PROTOCOLS[base_name]
+    chosen = base.attacks
+    if attacks:
+        known = {a.key: a for a in base.attacks}
+        chosen = tuple(known.get(key) or AttackSetting(key, key) for key in attacks)
+        for setting in chosen:
+            setting.build()  # unknown attack names fail here, with suggestions
+    protocol = Protocol(base.name, base.eps if eps is None else eps, chosen, base.seed)
+    if protocol.settings() != base.settings():
+        protocol = Protocol(f"{base.name}~{protocol.digest()}", protocol.eps, protocol.attacks, protocol.seed)
+    return protocol
+
+
+def target_sets(modalities: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Attack targets: each modality alone, then all together (``R``, ``S``, ``RS``)."""
+    code = {m: MODALITY_CODES.get(m, m[:1].upper()) for m in modalities}
+    sets = {code[m]: (m,) for m in modalities}
+    if len(modalities) > 1:
+        sets["".join(code[m] for m in modalities)] = tuple(modalities)
+    return sets
+
+
+@dataclass
+class Evaluation:
+    """Per-sample outcomes of one protocol run.
+
+    ``clean[i]`` and ``robust[attack][target][i]`` are True where sample i is
+    classified correctly. ``audit`` holds the sanity checks, ``cost`` the
+    forward/backward passes spent and the wall time.
+    """
+
+    protocol: Protocol
+    labels: np.ndarray
+    clean: np.ndarray
+    robust: dict[str, dict[str, np.ndarray]]
+    audit: dict[str, bool] = field(default_factory=dict)
+    cost: dict[str, float] = field(default_factory=dict)
+    surrogate_used: bool = False
+
+
+def evaluate(model: nn.Module, data: Split, protocol: Protocol = STANDARD_V1, *,
+             modalities: Sequence[str] | None = None, batch_size: int = 64,
+             device: torch.device | str = "cpu", surrogate: nn.Module | None = None,
+             state_path: str | Path | None = None, data_id: str = "", progress: bool = False) -> Evaluation:
+    """Run ``protocol`` on every sample of ``data``.
+
+    Args:
+        model: takes the batch dict, returns logits or a ModelOutput.
+        data: the test split.
+        modalities: the model's inputs (default: the model's, else the split's).
+        batch_size: samples attacked together (random starts depend on it).
+        surrogate: a differentiable stand-in (BPDA); attacked as well.
+        state_path: an ``.npz`` that keeps finished cells, so an interrupted
+            evaluation resumes where it stopped.
+        data_id: identifies the data (a fingerprint); stored cells of other
+            data are not reused.
+    """
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    modalities = tuple(modalities or getattr(model, "modalities", ()) or data.modalities)
+    targets = target_sets(modalities)
+    cells = [(setting, code) for setting in protocol.attacks for code in targets]
+    state = _CellStore(state_path, protocol, len(data), data_id)
+    started = time.perf_counter()
+
+    with _frozen_eval(model), _frozen_eval(surrogate):
+        clean_logits, labels = _clean_logits(model, data, modalities, batch_size, device)
+        clean = (clean_logits.argmax(1) == labels).numpy()
+        surrogate_logits = (_clean_logits(surrogate, data, modalities, batch_size, device)[0]
+                            if surrogate is not None else None)
+        audit = _sanity_checks(model, data, modalities, device, protocol.eps)
+        cost = {"gradient_passes": 0, "forward_passes": len(data)}
+        bar = tqdm(total=len(cells) * len(data), disable=None if progress else True, unit="clip",
+                   desc="evaluating", dynamic_ncols=True, leave=False)
+        robust: dict[str, dict[str, np.ndarray]] = {}
+        for index, (setting, code) in enumerate(cells):
+            done = state.get(setting.key, code)
+            if done is None:
+                generator = torch.Generator().manual_seed(protocol.seed * 1_000_003 + index)
+                done = _attack_cell(model, surrogate, setting, targets[code], data, modalities, protocol.eps,
+                                    clean_logits, surrogate_logits, batch_size, device, generator, audit, cost,
+                                    bar)
+                state.put(setting.key, code, done)
+            else:
+                bar.update(len(data))
+            robust.setdefault(setting.key, {})[code] = done
+        bar.close()
+    cost["seconds"] = time.perf_counter() - started
+    return Evaluation(protocol, labels.numpy(), clean, robust, audit, cost, surrogate is not None)
+
+
+def _attack_cell(model, surrogate, setting, targets, data, modalities, eps, clean_logits, surrogate_logits,
+                 batch_size, device, generator, audit, cost, bar) -> np.ndarray:
+    """Robust (True) / fooled (False) per sample for one attack on one target set."""
+    attack = setting.build()
+    robust = np.zeros(len(data), dtype=bool)
+    for start in range(0, len(data), batch_size):
+        index = np.arange(start, min(start + batch_size, len(data)))
+        batch = _to(data.batch(index, modalities), device)
+        result = attack(model, batch, targets, eps, clean_logits=clean_logits[index].to(device),
+                        generator=generator)
+        fooled = result.fooled
+        _audit_batch(batch, result.batch, targets, eps, audit)
+        cost["gradient_passes"] += result.gradient_passes
+        cost["forward_passes"] += result.forward_passes
+        if surrogate is not None:
+            transfer = attack(surrogate, batch, targets, eps, clean_logits=surrogate_logits[index].to(device),
+                              generator=generator)
+            _audit_batch(batch, transfer.batch, targets, eps, audit)
+            with torch.no_grad():
+                predictions = logits_of(model(transfer.batch)).argmax(1)
+            fooled = fooled | (predictions != batch["label"])
+            cost["gradient_passes"] += transfer.gradient_passes
+            cost["forward_passes"] += transfer.forward_passes + len(index)
+        robust[index] = ~fooled.cpu().numpy()
+        bar.update(len(index))
+    return robust
+
+
+def _to(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def _clean_logits(model: nn.Module, data: Split, modalities, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    logits, labels = [], []
+    for batch in data.batches(batch_size * 2, modalities=modalities):
+        logits.append(logits_of(model(_to(batch, device))).float().cpu())
+        labels.append(batch["label"])
+    return torch.cat(logits), torch.cat(labels)
+
+
+class _frozen_eval:
+    """Eval mode and no parameter gradients for the duration; both restored after."""
+
+    def __init__(self, model: nn.Module | None):
+        self.model = model
+
+    def __enter__(self):
+        if self.model is not None:
+            self.training = self.model.training
+            self.flags = [p.requires_grad for p in self.model.parameters()]
+            self.model.eval().requires_grad_(False)
+
+    def __exit__(self, *exc):
+        if self.model is not None:
+            self.model.train(self.training)
+            for p, flag in zip(self.model.parameters(), self.flags):
+                p.requires_grad_(flag)
+
+
+def _audit_batch(clean: Mapping[str, torch.Tensor], adversarial: Mapping[str, torch.Tensor],
+                 targets: Sequence[str], eps: float, audit: dict[str, bool]) -> None:
+    """Every perturbation within its ball and [0, 1]; untargeted inputs bit-identical."""
+    within = all(
+        float((adversarial[m] - clean[m]).abs().max()) <= eps + 1e-6
+        and float(adversarial[m].min()) >= 0.0 and float(adversarial[m].max()) <= 1.0
+        for m in targets)
+    untouched = all(torch.equal(adversarial[m], clean[m]) for m in clean if m not in targets)
+    audit["within_budget"] = audit.get("within_budget", True) and within
+    audit["untargeted_untouched"] = audit.get("untargeted_untouched", True) and untouched
+
+
+def _sanity_checks(model: nn.Module, data: Split, modalities, device, eps: float) -> dict[str, bool]:
+    """Checks on the first batch that expose broken or gradient-masked models."""
+    batch = _to(data.batch(np.arange(min(32, len(data))), modalities), device)
+    with torch.no_grad():
+        deterministic = torch.equal(logits_of(model(batch)), logits_of(model(batch)))
+    with torch.enable_grad():
+        leaves = {m: batch[m].clone().requires_grad_(True) for m in modalities}
+        loss = torch.nn.functional.cross_entropy(logits_of(model({**batch, **leaves})), batch["label"])
+        grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    gradients_ok = all(g is not None and bool(torch.isfinite(g).all()) and bool(g.abs().sum() > 0) for g in grads)
+    # A large budget must break any model; if it does not, gradients are masked.
+    huge = build_attack("pgd", steps=10, rel_step=0.25)(model, batch, modalities, 0.5,
+                                                        generator=torch.Generator().manual_seed(0))
+    return {"forward_deterministic": deterministic, "gradients_finite_nonzero": gradients_ok,
+            "huge_eps_breaks_model": bool(result_accuracy(huge.fooled) <= 10.0)}
+
+
+def result_accuracy(fooled: torch.Tensor) -> float:
+    return 100.0 * float((~fooled).float().mean())
+
+
+class _CellStore:
+    """Finished cells on disk (``.npz``), rewritten atomically after each cell."""
+
+    def __init__(self, path: str | Path | None, protocol: Protocol, size: int, data_id: str):
+        self.path = Path(path) if path else None
+        self.settings = json.dumps({"protocol": protocol.name, "settings": protocol.settings(), "n": size,
+                                    "data": data_id}, sort_keys=True)
+        self.cells: dict[str, np.ndarray] = {}
+        if self.path is not None and self.path.exists():
+            try:
+                with np.load(self.path) as archive:
+                    if archive["settings"].tobytes().decode() == self.settings:
+                        self.cells = {k: archive[k] for k in archive.files if k != "settings"}
+                    else:
+                        log.warning("%s holds outcomes of other settings; starting afresh", self.path)
+            except Exception as error:  # an unreadable state is recomputed, never trusted
+                log.warning("ignoring unreadable evaluation state %s (%s)", self.path, error)
+
+    def get(self, key: str, code: str) -> np.ndarray | None:
+        return self.cells.get(f"{key}/{code}")
+
+    def put(self, key: str, code: str, robust: np.ndarray) -> None:
+        self.cells[f"{key}/{code}"] = robust
+        if self.path is not None:
+            save_outcomes(self.path, self.settings, self.cells)
+
+
+def save_outcomes(path: Path, settings: str, arrays: Mapping[str, np.ndarray]) -> None:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, settings=np.frombuffer(settings.encode(), dtype=np.uint8), **arrays)
+    atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
+
+
+def outcome_arrays(evaluation: Evaluation) -> dict[str, np.ndarray]:
+    """Everything per sample, flat: labels, clean, and one array per cell."""
+    arrays = {"labels": evaluation.labels, "clean": evaluation.clean}
+    for key, per_target in evaluation.robust.items():
+        for code, robust in per_target.items():
+            arrays[f"{key}/{code}"] = robust
+    return arrays
+

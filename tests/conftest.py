@@ -1,0 +1,47 @@
+"""Shared fixtures: a per-session data cache and a small slice of the synthetic data."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from mmrobust.datasets.base import DataRequest, DatasetBundle
+from mmrobust.registry import DATASETS
+
+SMALL_DATASET = "synthetic-small"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Point ``MMROBUST_CACHE`` at a session temp dir.
+
+    The synthetic data is generated once per session (about 7 s) and the
+    user's ``~/.cache/mmrobust`` is never touched.
+    """
+    cache = tmp_path_factory.mktemp("mmrobust-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MMROBUST_CACHE", str(cache))
+        yield cache
+
+
+@pytest.fixture
+def small_synthetic() -> str:
+    """Register ``synthetic-small``: every 5th training clip and every 3rd test clip of ``synthetic``.
+
+    Same generator, all classes and subjects, a fifth of the training cost;
+    for tests of the run machinery rather than of the data. Unregistered after
+    the test.
+    """
+    with DATASETS.scoped():
+
+        @DATASETS.register(SMALL_DATASET)
+        def load_small(request: DataRequest) -> DatasetBundle:
+            full = DATASETS.get("synthetic")(request)
+            train = full.train.take(np.arange(0, len(full.train), 5))
+            test = full.test.take(np.arange(0, len(full.test), 3))
+            return dataclasses.replace(full, name=SMALL_DATASET, train=train, test=test,
+                                       fingerprint=f"{full.fingerprint}-small", joints_in_frames=None)
+
+        yield SMALL_DATASET
