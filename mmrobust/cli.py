@@ -16,9 +16,9 @@ from typing import Any
 import click
 
 from mmrobust.config import RunConfig
-from mmrobust.registry import REGISTRIES, UnknownNameError
+from mmrobust.registry import REGISTRIES, RegistryLoadError, UnknownNameError
 
-USER_ERRORS = (ValueError, FileNotFoundError, UnknownNameError, NotADirectoryError, PermissionError)
+USER_ERRORS = (ValueError, FileNotFoundError, UnknownNameError, NotADirectoryError, PermissionError, RegistryLoadError)
 
 
 def _parse_value(text: str) -> Any:

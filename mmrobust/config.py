@@ -104,7 +104,7 @@ class RunConfig:
     def from_toml(cls, path: str | Path) -> RunConfig:
         path = Path(path)
         try:
-            values = tomllib.loads(path.read_text())
+            values = tomllib.loads(path.read_bytes().decode("utf-8"))
         except FileNotFoundError:
             raise FileNotFoundError(f"config file {path} does not exist") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:

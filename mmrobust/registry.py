@@ -47,6 +47,14 @@ class DuplicateNameError(ValueError):
     """A second registration under a name that is already taken."""
 
 
+class RegistryLoadError(ImportError):
+    """A built-in module or third-party entry point that failed to import.
+
+    The registry stays unloaded, so the next lookup tries again and fails the
+    same way instead of silently lacking entries.
+    """
+
+
 def _origin(obj: Any) -> str:
     module = getattr(obj, "__module__", None) or "?"
     name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
@@ -70,6 +78,7 @@ class Registry(Generic[T]):
         self._entries: dict[str, T] = {}
         self._origins: dict[str, str] = {}
         self._loaded = False
+        self._loading = False
 
     # -- registration -----------------------------------------------------
     def register(self, name: str, obj: T | None = None, *, origin: str | None = None):
@@ -81,7 +90,8 @@ class Registry(Generic[T]):
         """
         if not _NAME.match(name):
             raise ValueError(
-                f"invalid {self.kind} name {name!r}: use lower-case letters, digits, '-', '_', '+'"
+                f"invalid {self.kind} name {name!r}: start with a lower-case letter or digit and use only "
+                "lower-case letters, digits and - _ + . :"
             )
 
         def add(entry: T) -> T:
@@ -138,21 +148,36 @@ class Registry(Generic[T]):
 
     # -- discovery --------------------------------------------------------
     def _load(self) -> None:
-        if self._loaded:
-            return
-        self._loaded = True  # set first: modules being imported may look up entries
-        if self.package:
-            package = importlib.import_module(self.package)
-            for info in pkgutil.iter_modules(package.__path__):
-                if not info.name.startswith("_"):
-                    importlib.import_module(f"{self.package}.{info.name}")
-        for entry_point in importlib.metadata.entry_points(group=self.group):
-            if entry_point.name in self._entries:
-                continue  # a module loaded earlier registered it with its decorator
+        if self._loaded or self._loading:
+            return  # while loading, modules being imported may look entries up
+        self._loading = True
+        try:
+            if self.package:
+                package = importlib.import_module(self.package)
+                for info in pkgutil.iter_modules(package.__path__):
+                    if not info.name.startswith("_"):
+                        importlib.import_module(f"{self.package}.{info.name}")
+            for entry_point in importlib.metadata.entry_points(group=self.group):
+                self._load_entry_point(entry_point)
+        except (RegistryLoadError, DuplicateNameError):
+            raise
+        except Exception as error:
+            raise RegistryLoadError(f"could not load the {self.kind} registry: {error}") from error
+        finally:
+            self._loading = False
+        self._loaded = True
+
+    def _load_entry_point(self, entry_point: importlib.metadata.EntryPoint) -> None:
+        try:
             loaded = entry_point.load()
-            if entry_point.name in self._entries or inspect.ismodule(loaded):
-                continue  # importing the module registered it
-            self.register(entry_point.name, loaded, origin=f"entry point {entry_point.value}")
+        except Exception as error:
+            raise RegistryLoadError(f"entry point {entry_point.name!r} = {entry_point.value} "
+                                    f"(group {self.group}) failed to import: {error}") from error
+        if inspect.ismodule(loaded):
+            return  # a module: importing it ran its decorators
+        if self._entries.get(entry_point.name) is loaded:
+            return  # its module registered it with the decorator
+        self.register(entry_point.name, loaded, origin=f"entry point {entry_point.value}")
 
     @contextlib.contextmanager
     def scoped(self) -> Iterator[Registry[T]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,19 +80,25 @@ def prepare(config: RunConfig, progress: bool = True) -> Experiment:
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
-    """Refuse to overwrite a finished or running directory unless resuming it."""
+    """Refuse an unusable directory, or one holding a run, before any work (creates nothing)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"run directory {run_dir} exists and is not a directory")
     if not resume and (run_dir / "checkpoint.pt").exists():
         raise RunDirError(f"run directory {run_dir} already holds a run; pass --resume to continue it "
                           "or choose another --run-dir")
+    ancestor = run_dir
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise RunDirError(f"run directory {run_dir} cannot be created or written ({ancestor} is not a "
+                          "writable directory)")
+
+
+def make_run_dir(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
     except OSError as error:
-        raise RunDirError(f"run directory {run_dir} is not writable ({error.strerror})") from None
+        raise RunDirError(f"run directory {run_dir} cannot be created ({error.strerror})") from None
 
 
 def record_name(protocol: str) -> str:
@@ -106,6 +113,7 @@ def execute(config: RunConfig, run_dir: Path, *, resume: dict[str, Any] | None =
     exp = prepare(config, progress)
     config = exp.config
     protocol = get_protocol(config.protocol, eps=config.eps, attacks=config.attacks)  # fail before training
+    make_run_dir(run_dir)
     write_json(run_dir / "config.json", config.to_dict())
     if resume is not None:
         load_model_state(exp.model, resume, run_dir / "checkpoint.pt")

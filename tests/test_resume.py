@@ -7,12 +7,14 @@ Runs go through :func:`mmrobust.run.execute` on a slice of the synthetic data
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
 import torch
 
-from mmrobust import results, run
+from mmrobust import files, results, run
 from mmrobust.config import RunConfig
 from mmrobust.training import load_checkpoint
 
@@ -72,7 +74,7 @@ def test_a_kill_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path
             raise Killed
         return real_save(obj, handle, *args, **kwargs)
 
-    monkeypatch.setattr(results.torch, "save", dies_on_second_save)
+    monkeypatch.setattr(torch, "save", dies_on_second_save)
     with pytest.raises(Killed):
         run.execute(_config(small_synthetic, epochs=2), run_dir, progress=False)
     monkeypatch.undo()
@@ -99,6 +101,18 @@ def test_atomic_write_failure_leaves_old_file_and_no_temporary(tmp_path):
         raise Killed
 
     with pytest.raises(Killed):
-        results.atomic_write(path, crash)
+        files.atomic_write(path, crash)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_run_files_follow_the_umask_like_ordinary_files(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        files.write_json(tmp_path / "result.json", {"metrics": {}})
+        (tmp_path / "plain.json").write_text("{}")
+    finally:
+        os.umask(previous)
+    plain = stat.S_IMODE((tmp_path / "plain.json").stat().st_mode)
+    assert plain == 0o644
+    assert stat.S_IMODE((tmp_path / "result.json").stat().st_mode) == plain
