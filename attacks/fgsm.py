@@ -48,6 +48,6 @@ class FGSM(Attack):
 
     def __call__(self, model: nn.Module, batch: Batch, targets: Sequence[str], eps: Eps, *,
                  clean_logits: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None) -> AttackResult:
+                 generator: torch.Generator | None = None, max_batch: int | None = None) -> AttackResult:
         return sign_gradient_attack(model, batch, targets, eps, steps=1, rel_step=1.0, loss=cross_entropy,
-                                    random_start=False, clean_logits=clean_logits, generator=generator)
+                                    random_start=False, clean_logits=clean_logits, generator=generator, max_batch=max_batch)

@@ -65,8 +65,8 @@ class PGD(Attack):
 
     def __call__(self, model: nn.Module, batch: Batch, targets: Sequence[str], eps: Eps, *,
                  clean_logits: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None) -> AttackResult:
+                 generator: torch.Generator | None = None, max_batch: int | None = None) -> AttackResult:
         p = self.params
         return sign_gradient_attack(model, batch, targets, eps, steps=p.steps, rel_step=p.rel_step,
                                     loss=cross_entropy, random_start=p.random_start, restarts=p.restarts,
-                                    early_stop=p.early_stop, clean_logits=clean_logits, generator=generator)
+                                    early_stop=p.early_stop, clean_logits=clean_logits, generator=generator, max_batch=max_batch)

@@ -64,8 +64,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmrobust.attack import (LABEL, Attack, AttackResult, Eps, clean_fooled, resolve_eps, resolve_targets,
-                             take)
+from mmrobust.attack import (LABEL, Attack, AttackResult, Eps, clean_fooled, labels_of, resolve_eps,
+                             resolve_targets, take)
 from mmrobust.model import Batch, logits_of
 from mmrobust.registry import register_attack
 
@@ -246,7 +246,17 @@ class TorchAttack(Attack):
 
     def __call__(self, model: nn.Module, batch: Batch, targets: Sequence[str], eps: Eps, *,
                  clean_logits: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None) -> AttackResult:
+                 generator: torch.Generator | None = None, max_batch: int | None = None) -> AttackResult:
+        size = labels_of(batch).shape[0]
+        if max_batch is not None and size > max_batch:  # torchattacks sees at most max_batch samples at once
+            parts = [self(model, take(batch, torch.arange(i, min(i + max_batch, size))), targets, eps,
+                          clean_logits=None if clean_logits is None else clean_logits[i:i + max_batch],
+                          generator=generator) for i in range(0, size, max_batch)]
+            merged = {k: torch.cat([p.batch[k] for p in parts]) if isinstance(v, torch.Tensor) and v.dim() > 0
+                      and v.shape[0] == size else v for k, v in batch.items()}
+            merged.update({k: batch[k] for k in batch if k not in targets})  # untargeted: the very same tensors
+            return AttackResult(merged, torch.cat([p.fooled for p in parts]),
+                                sum(p.gradient_passes for p in parts), sum(p.forward_passes for p in parts))
         targets = resolve_targets(batch, targets)
         radius = resolve_eps(eps, targets, batch)
         if len(set(radius.values())) > 1:

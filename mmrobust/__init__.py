@@ -1,3 +1,15 @@
-"""mmrobust: adversarial robustness benchmark for multimodal action recognition."""
+"""mmrobust: adversarial robustness benchmark for multimodal action recognition.
+
+``mmrobust.evaluate(model, data)`` runs the standard-v1 protocol on any model
+that takes the batch dict; see :func:`mmrobust.api.evaluate`.
+"""
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name == "evaluate":  # imported on use: ``import mmrobust`` stays light
+        from mmrobust.api import evaluate
+
+        return evaluate
+    raise AttributeError(f"module 'mmrobust' has no attribute {name!r}")

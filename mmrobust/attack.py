@@ -101,6 +101,7 @@ class Attack:
         *,
         clean_logits: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        max_batch: int | None = None,
     ) -> AttackResult:
         """Attack ``targets`` of ``batch`` within ``eps``.
 
@@ -113,6 +114,8 @@ class Attack:
             eps: one L∞ radius for every target, or one per target.
             clean_logits: (B, K) logits of the clean batch, if already computed.
             generator: source of the random starts.
+            max_batch: most samples run through the model at once (an
+                execution setting; results do not depend on it).
         """
         raise NotImplementedError
 
@@ -255,8 +258,15 @@ def sign_gradient_attack(
     early_stop: bool = True,
     clean_logits: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    max_batch: int | None = None,
 ) -> AttackResult:
     """Multimodal iterated sign-gradient ascent (FGSM, PGD, CW∞ are settings of it).
+
+    Samples move through a *pool* of at most ``max_batch`` samples, each at its
+    own step: a sample that is fooled (early stop) or finishes its steps leaves
+    and the next one enters, so every forward/backward runs at full width
+    however early the samples stop. A sample's trajectory does not depend on
+    the pool it shares (the loss is summed, the model is in eval mode).
 
     Args:
         model: module taking the batch dict; its mode is left as it is.
@@ -274,71 +284,91 @@ def sign_gradient_attack(
             Off: every clean-correct sample runs all steps and only the last
             iterate counts (as torchattacks does).
         clean_logits: (B, K) clean logits if the caller has them.
-        generator: source of the random starts.
+        generator: source of the random starts (drawn for the whole batch per
+            restart, so a sample's start does not depend on the pool).
+        max_batch: pool width (default: the whole batch).
     """
     targets = resolve_targets(batch, targets)
     radius = resolve_eps(eps, targets, batch)
     if steps < 0 or restarts < 1:
         raise ValueError(f"need steps >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
     fooled, forward_passes = clean_fooled(model, batch, clean_logits)
-    gradient_passes = 0
     size = fooled.shape[0]
+    width = size if max_batch is None else max(1, min(max_batch, size))
+    device = fooled.device
     adversarial = {m: batch[m].clone() for m in targets}
-    remaining = (~fooled).nonzero().squeeze(1)
+    starts: list[dict[str, torch.Tensor]] = []  # random starts per restart, drawn on first use
 
-    for _ in range(restarts):
-        if remaining.numel() == 0:
-            break
-        active = remaining
-        everyone = active.numel() == size  # then work on the batch's own tensors, no copies
-        sub = dict(batch) if everyone else take(batch, active)
+    def start_point(index: torch.Tensor, restart: int) -> dict[str, torch.Tensor]:
+        clean = {m: batch[m][index] for m in targets}
+        if not random_start:
+            return clean
+        while len(starts) <= restart:
+            starts.append(_random_start(batch, targets, radius, generator))
+        return {m: torch.clamp(clean[m] + starts[restart][m][index], min=0, max=1) for m in targets}
+
+    queue = (~fooled).nonzero().squeeze(1)  # samples waiting, in batch order
+    restart_of = torch.zeros(size, dtype=torch.long, device=device)
+    step_of = torch.zeros(size, dtype=torch.long, device=device)
+    pool = queue[:0]
+    x = {m: batch[m][:0] for m in targets}
+    gradient_passes = 0
+
+    while pool.numel() or queue.numel():
+        if pool.numel() < width and queue.numel():
+            entering, queue = queue[:width - pool.numel()], queue[width - pool.numel():]
+            step_of[entering] = 0
+            fresh = start_point(entering, 0) if not bool((restart_of[entering] > 0).any()) else None
+            if fresh is None:  # restarted samples: each from the start of its own restart
+                fresh = {m: torch.empty_like(batch[m][entering]) for m in targets}
+                for r in restart_of[entering].unique().tolist():
+                    chosen = restart_of[entering] == r
+                    part = start_point(entering[chosen], r)
+                    for m in targets:
+                        fresh[m][chosen] = part[m]
+            pool = torch.cat([pool, entering])
+            x = {m: torch.cat([x[m], fresh[m]]) for m in targets}
+        sub = take(batch, pool)
         labels = sub[LABEL]
-        if random_start:
-            noise = _random_start(batch, targets, radius, generator)
-            x = {m: torch.clamp(sub[m] + (noise[m] if everyone else noise[m][active]), min=0, max=1)
-                 for m in targets}
+        checking = step_of[pool] == steps  # in the pool only for the check after their last step
+        if bool(checking.all()):  # nobody needs a gradient: a forward is enough
+            with torch.no_grad():
+                logits = logits_of(model({**sub, **x}))
+            forward_passes += pool.numel()
+            grads = None
         else:
-            x = {m: sub[m] for m in targets}
-
-        for _ in range(steps):
             with torch.enable_grad():
                 leaves = {m: x[m].detach().requires_grad_(True) for m in targets}
                 logits = logits_of(model({**sub, **leaves}))
                 objective = loss(logits, labels).sum()  # summed: a sample's gradient ignores the others
                 grads = dict(zip(targets, torch.autograd.grad(objective, [leaves[m] for m in targets])))
-            gradient_passes += active.numel()
-            if early_stop:
-                hit = logits.detach().argmax(dim=1) != labels
-                if hit.any():
-                    for m in targets:
-                        adversarial[m][active[hit]] = x[m][hit]
-                    fooled[active[hit]] = True
-                    keep = ~hit
-                    active = active[keep]
-                    if active.numel() == 0:
-                        break
-                    sub = take(sub, keep)
-                    labels = sub[LABEL]
-                    x = {m: x[m][keep] for m in targets}
-                    grads = {m: grads[m][keep] for m in targets}
-            with torch.no_grad():
-                for m in targets:
-                    # Same arithmetic as torchattacks.PGD, so both agree bit for bit.
-                    stepped = x[m].detach() + (rel_step * radius[m]) * grads[m].sign()
-                    delta = torch.clamp(stepped - sub[m], min=-radius[m], max=radius[m])
-                    x[m] = torch.clamp(sub[m] + delta, min=0, max=1)
-
-        if active.numel() == 0:
-            remaining = active
+            gradient_passes += pool.numel()
+        hit = logits.detach().argmax(dim=1) != labels
+        counted = hit if early_stop else hit & checking
+        # Leaving the pool: fooled samples keep the input that fooled them; samples
+        # past their last step keep their final iterate, or start a new restart.
+        done = counted | checking
+        if bool(done.any()):
+            for m in targets:
+                adversarial[m][pool[done]] = x[m][done].detach()
+            fooled[pool[counted]] = True
+            again = checking & ~counted & (restart_of[pool] + 1 < restarts)
+            if bool(again.any()):
+                restart_of[pool[again]] += 1
+                queue = torch.cat([pool[again], queue])
+        keep = ~done
+        pool = pool[keep]
+        if grads is None or pool.numel() == 0:
+            x = {m: x[m][keep] for m in targets}
             continue
         with torch.no_grad():
-            logits = logits_of(model({**sub, **x}))
-        forward_passes += active.numel()
-        hit = logits.argmax(dim=1) != labels
-        for m in targets:
-            adversarial[m][active] = x[m].detach()
-        fooled[active[hit]] = True
-        remaining = active[~hit]
+            clean = {m: sub[m][keep] for m in targets}
+            for m in targets:
+                # Same arithmetic as torchattacks.PGD, so both agree bit for bit.
+                stepped = x[m][keep].detach() + (rel_step * radius[m]) * grads[m][keep].sign()
+                delta = torch.clamp(stepped - clean[m], min=-radius[m], max=radius[m])
+                x[m] = torch.clamp(clean[m] + delta, min=0, max=1)
+        step_of[pool] += 1
 
     return AttackResult({**batch, **adversarial}, fooled, gradient_passes, forward_passes)
 

@@ -374,6 +374,93 @@ def leaderboard(dataset: str | None, protocol: str, attack: str, fmt: str, sourc
         click.echo(f"wrote {', '.join(str(p) for p in written)}", err=True)
 
 
+# -- sweep --------------------------------------------------------------------
+
+@cli.command()
+@click.option("--dataset", default="synthetic", show_default=True)
+@click.option("--defenses", default=None, metavar="D[,D]", help="Defenses to run [default: every registered one].")
+@click.option("--preset", default="tiny", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--runs", "runs_dir", default="runs", show_default=True, type=click.Path(file_okay=False),
+              help="Where the run directories go.")
+@click.option("--out", default="leaderboards", show_default=True, type=click.Path(file_okay=False),
+              help="Leaderboard folder; the records behind it are copied to <out>/<dataset>/records/.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def sweep(dataset: str, defenses: str | None, preset: str, seed: int, device: str, runs_dir: str, out: str,
+          quiet: bool) -> None:
+    """Run every defense on one dataset, then write its leaderboard with the records behind it.
+
+    Finished runs are kept (their record is reused), killed ones resume, so the
+    command can be re-run until everything is done.
+
+    \b
+    Example:
+      mmrobust sweep --dataset synthetic
+    """
+    import shutil
+    import time
+
+    from mmrobust.leaderboard import build_table, load_records, render, write_leaderboard
+    from mmrobust.registry import DEFENSES
+    from mmrobust.run import check_run_dir, default_run_dir, execute, record_name, resume_state
+
+    names = list(_attacks_option(defenses) or DEFENSES.names())
+    unknown = [n for n in names if n not in DEFENSES]
+    if unknown:
+        DEFENSES.get(unknown[0])  # raises with suggestions
+    records_dir = Path(out) / dataset / "records"
+    for name in names:
+        config = RunConfig(dataset=dataset, defense=name, preset=preset, seed=seed, device=device)
+        directory = Path(runs_dir) / default_run_dir(config).relative_to("runs")
+        if (directory / record_name(config.protocol)).is_file():
+            click.echo(f"{name}: finished earlier ({directory})", err=True)
+        else:
+            state = resume_state(directory, None) if (directory / "checkpoint.pt").is_file() else None
+            check_run_dir(directory, resume=state is not None)
+            started = time.perf_counter()
+            click.echo(f"{name}: {'resuming' if state else 'running'} in {directory}", err=True)
+            if state is not None:
+                config = RunConfig.from_dict(state["config"]).replace(device=device)
+            execute(config, directory, resume=state, progress=not quiet)
+            click.echo(f"{name}: done in {time.perf_counter() - started:.0f} s", err=True)
+        records_dir.mkdir(parents=True, exist_ok=True)
+        stem = directory.name
+        shutil.copyfile(directory / record_name(config.protocol), records_dir / f"{stem}.json")
+        shutil.copyfile(directory / "outcomes.npz", records_dir / f"{stem}.outcomes.npz")
+    table = build_table(load_records([records_dir]), dataset)
+    write_leaderboard(table, out, dataset, "standard-v1")
+    click.echo(render(table, "md"))
+
+
+# -- amr-weights ----------------------------------------------------------------
+
+@cli.command(name="amr-weights")
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="PNG of per-channel mean weights.")
+def amr_weights(run_dir: str, out: str | None) -> None:
+    """Mean AMR weight per modality for each AMR (paper Table 3), and a per-channel plot (Fig. 4).
+
+    \b
+    Example:
+      mmrobust amr-weights --run-dir runs/synthetic/amr-tiny-s0 --out amr.png
+    """
+    from tabulate import tabulate
+
+    from mmrobust.registry import DEFENSES
+    from mmrobust.run import load_trained
+
+    exp = load_trained(Path(run_dir))
+    if exp.config.defense != "amr":
+        raise click.ClickException(f"{run_dir} was trained with defense {exp.config.defense!r}, not 'amr'")
+    amr = DEFENSES.get("amr")
+    rows = amr.weight_summary(exp.model)
+    click.echo(tabulate(rows, headers="keys", floatfmt=".4f"))
+    if out:
+        amr.plot_weights(exp.model, out)
+        click.echo(f"wrote {out}")
+
+
 # -- prepare ------------------------------------------------------------------
 
 @cli.command(name="prepare")

@@ -47,6 +47,7 @@ from mmrobust.files import atomic_write
 log = logging.getLogger(__name__)
 
 MODALITY_CODES = {"rgb": "R", "skeleton": "S"}
+CHUNK_BATCHES = 8  # batches of test clips handed to an attack at once
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,8 @@ def evaluate(model: nn.Module, data: Split, protocol: Protocol = STANDARD_V1, *,
         model: takes the batch dict, returns logits or a ModelOutput.
         data: the test split.
         modalities: the model's inputs (default: the model's, else the split's).
-        batch_size: samples attacked together (random starts depend on it).
+        batch_size: samples run through the model at once; random starts are
+            drawn per chunk of ``CHUNK_BATCHES`` batches, so they depend on it.
         surrogate: a differentiable stand-in (BPDA); attacked as well.
         state_path: an ``.npz`` that keeps finished cells, so an interrupted
             evaluation resumes where it stopped.
@@ -184,8 +186,8 @@ def evaluate(model: nn.Module, data: Split, protocol: Protocol = STANDARD_V1, *,
         clean = (clean_logits.argmax(1) == labels).numpy()
         surrogate_logits = (_clean_logits(surrogate, data, modalities, batch_size, device)[0]
                             if surrogate is not None else None)
-        audit = _sanity_checks(model, data, modalities, device, protocol.eps)
-        cost = {"gradient_passes": 0, "forward_passes": len(data)}
+        cost = {"gradient_passes": 0, "forward_passes": len(data) * (2 if surrogate is not None else 1)}
+        audit = _sanity_checks(model, data, modalities, device, cost)
         bar = tqdm(total=len(cells) * len(data), disable=None if progress else True, unit="clip",
                    desc="evaluating", dynamic_ncols=True, leave=False)
         robust: dict[str, dict[str, np.ndarray]] = {}
@@ -210,27 +212,39 @@ def _attack_cell(model, surrogate, setting, targets, data, modalities, eps, clea
     """Robust (True) / fooled (False) per sample for one attack on one target set."""
     attack = setting.build()
     robust = np.zeros(len(data), dtype=bool)
-    for start in range(0, len(data), batch_size):
-        index = np.arange(start, min(start + batch_size, len(data)))
+    # Samples stream through the attack's pool of batch_size; a chunk of several
+    # batches keeps the pool full while early-stopped samples leave.
+    chunk = batch_size * CHUNK_BATCHES
+    for start in range(0, len(data), chunk):
+        index = np.arange(start, min(start + chunk, len(data)))
         batch = _to(data.batch(index, modalities), device)
         result = attack(model, batch, targets, eps, clean_logits=clean_logits[index].to(device),
-                        generator=generator)
+                        generator=generator, max_batch=batch_size)
         fooled = result.fooled
         _audit_batch(batch, result.batch, targets, eps, audit)
         cost["gradient_passes"] += result.gradient_passes
         cost["forward_passes"] += result.forward_passes
         if surrogate is not None:
             transfer = attack(surrogate, batch, targets, eps, clean_logits=surrogate_logits[index].to(device),
-                              generator=generator)
+                              generator=generator, max_batch=batch_size)
             _audit_batch(batch, transfer.batch, targets, eps, audit)
-            with torch.no_grad():
-                predictions = logits_of(model(transfer.batch)).argmax(1)
-            fooled = fooled | (predictions != batch["label"])
+            fooled = fooled | (_predict(model, transfer.batch, batch_size) != batch["label"])
             cost["gradient_passes"] += transfer.gradient_passes
             cost["forward_passes"] += transfer.forward_passes + len(index)
         robust[index] = ~fooled.cpu().numpy()
         bar.update(len(index))
     return robust
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, batch: Mapping[str, torch.Tensor], batch_size: int) -> torch.Tensor:
+    size = len(batch["label"])
+    parts = []
+    for start in range(0, size, batch_size):
+        part = {k: v[start:start + batch_size] if isinstance(v, torch.Tensor) and v.dim() and len(v) == size else v
+                for k, v in batch.items()}
+        parts.append(logits_of(model(part)).argmax(1))
+    return torch.cat(parts)
 
 
 def _to(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -277,8 +291,8 @@ def _audit_batch(clean: Mapping[str, torch.Tensor], adversarial: Mapping[str, to
     audit["untargeted_untouched"] = audit.get("untargeted_untouched", True) and untouched
 
 
-def _sanity_checks(model: nn.Module, data: Split, modalities, device, eps: float) -> dict[str, bool]:
-    """Checks on the first batch that expose broken or gradient-masked models."""
+def _sanity_checks(model: nn.Module, data: Split, modalities, device, cost: dict[str, float]) -> dict[str, bool]:
+    """Checks on the first batch that expose broken or gradient-masked models (passes added to ``cost``)."""
     batch = _to(data.batch(np.arange(min(32, len(data))), modalities), device)
     with torch.no_grad():
         deterministic = torch.equal(logits_of(model(batch)), logits_of(model(batch)))
@@ -290,6 +304,9 @@ def _sanity_checks(model: nn.Module, data: Split, modalities, device, eps: float
     # A large budget must break any model; if it does not, gradients are masked.
     huge = build_attack("pgd", steps=10, rel_step=0.25)(model, batch, modalities, 0.5,
                                                         generator=torch.Generator().manual_seed(0))
+    n = len(batch["label"])
+    cost["forward_passes"] += 2 * n + huge.forward_passes
+    cost["gradient_passes"] += n + huge.gradient_passes
     return {"forward_deterministic": deterministic, "gradients_finite_nonzero": gradients_ok,
             "huge_eps_breaks_model": bool(result_accuracy(huge.fooled) <= 10.0)}
 

@@ -208,25 +208,29 @@ def consistency_checks(metrics: dict[str, Any], n: int) -> dict[str, bool]:
     return checks
 
 
-def reevaluate(run_dir: Path, *, eps: float | None = None, attacks: tuple[str, ...] | None = None,
-               device: str | None = None, batch_size: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Evaluate a trained run again without retraining (``mmrobust eval``)."""
-    started = time.perf_counter()
+def load_trained(run_dir: Path, **changes: Any) -> Experiment:
+    """Rebuild a finished run's model (defense included) and load its final weights."""
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
     config = RunConfig.from_dict(json.loads(config_path.read_text()), source=str(config_path))
-    changes = {k: v for k, v in {"eps": eps, "attacks": attacks, "device": device,
-                                 "eval_batch_size": batch_size}.items() if v is not None}
-    config = config.replace(**changes)
-    protocol = get_protocol(config.protocol, eps=config.eps, attacks=config.attacks)
+    config = config.replace(**{k: v for k, v in changes.items() if v is not None})
     model_path = run_dir / "model.pt"
     if not model_path.is_file():
         raise FileNotFoundError(f"{run_dir} has no trained model ({model_path.name}); finish the run first "
                                 f"with mmrobust run --run-dir {run_dir} --resume")
-    exp = prepare(config, progress)
+    exp = prepare(config, progress=False)
     load_model_state(exp.model, load_checkpoint(model_path), model_path)
     exp.model.to(exp.device)
+    return exp
+
+
+def reevaluate(run_dir: Path, *, eps: float | None = None, attacks: tuple[str, ...] | None = None,
+               device: str | None = None, batch_size: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Evaluate a trained run again without retraining (``mmrobust eval``)."""
+    started = time.perf_counter()
+    exp = load_trained(run_dir, eps=eps, attacks=attacks, device=device, eval_batch_size=batch_size)
+    protocol = get_protocol(exp.config.protocol, eps=exp.config.eps, attacks=exp.config.attacks)
     previous = run_dir / "result.json"
     training = json.loads(previous.read_text()).get("training") if previous.is_file() else None
     return evaluate_experiment(exp, run_dir, protocol, training=training, started=started, progress=progress)

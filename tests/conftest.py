@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import numpy as np
@@ -37,14 +38,8 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture
-def small_synthetic() -> str:
-    """Register ``synthetic-small``: every 5th training clip and every 3rd test clip of ``synthetic``.
-
-    Same generator, all classes and subjects, a fifth of the training cost;
-    for tests of the run machinery rather than of the data. Unregistered after
-    the test.
-    """
+@contextlib.contextmanager
+def _registered_small_synthetic():
     with DATASETS.scoped():
 
         @DATASETS.register(SMALL_DATASET)
@@ -56,3 +51,22 @@ def small_synthetic() -> str:
                                        fingerprint=f"{full.fingerprint}-small", joints_in_frames=None)
 
         yield SMALL_DATASET
+
+
+@pytest.fixture
+def small_synthetic() -> str:
+    """Register ``synthetic-small``: every 5th training clip and every 3rd test clip of ``synthetic``.
+
+    Same generator, all classes and subjects, a fifth of the training cost;
+    for tests of the run machinery rather than of the data. Unregistered after
+    the test.
+    """
+    with _registered_small_synthetic() as name:
+        yield name
+
+
+@pytest.fixture(scope="module")
+def small_synthetic_module() -> str:
+    """``synthetic-small`` registered for a whole test module."""
+    with _registered_small_synthetic() as name:
+        yield name

@@ -474,3 +474,29 @@ def test_attack_on_multimodal_net_leaves_parameters_and_mode_alone():
     assert_within_budget(result, batch, {"rgb": 8 / 255, "skeleton": 4 / 255})
     assert all(p.grad is None for p in net.parameters())
     assert not any(module.training for module in net.modules())
+
+
+@pytest.mark.parametrize("name, params", [("pgd", {"steps": 10}), ("pgd", {"steps": 5, "restarts": 2}),
+                                          ("cw-inf", {"steps": 6}), ("fgsm", {}),
+                                          ("pgd", {"steps": 8, "early_stop": False})])
+def test_pool_width_does_not_change_the_result(model, batch, name, params):
+    """Samples stream through a pool of max_batch; trajectories are per sample, so the
+    adversarial batch and outcomes are those of attacking the whole batch at once."""
+    attack = build_attack(name, **params)
+    whole = attack(model, batch, ("rgb", "skeleton"), EPS, generator=torch.Generator().manual_seed(3))
+    for width in (1, 3, 7):
+        pooled = attack(model, batch, ("rgb", "skeleton"), EPS, generator=torch.Generator().manual_seed(3),
+                        max_batch=width)
+        assert torch.equal(pooled.fooled, whole.fooled)
+        for m in ("rgb", "skeleton"):
+            assert torch.allclose(pooled.batch[m], whole.batch[m], atol=1e-6), (m, width)
+        assert pooled.gradient_passes + pooled.forward_passes >= whole.gradient_passes
+
+
+def test_adapter_honours_max_batch(model, batch):
+    attack = build_attack("ta:FGSM")
+    whole = attack(model, batch, ("rgb",), 8 / 255)
+    chunked = attack(model, batch, ("rgb",), 8 / 255, max_batch=3)
+    assert torch.equal(whole.fooled, chunked.fooled)
+    assert chunked.batch["skeleton"] is batch["skeleton"]
+    assert torch.allclose(whole.batch["rgb"], chunked.batch["rgb"], atol=1e-6)

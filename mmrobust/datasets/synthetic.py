@@ -289,6 +289,8 @@ def _render(joints_cam: np.ndarray, objects: np.ndarray, rng: np.random.Generato
         image = image * (1 - blob[:, None]) + colour[:, :, None, None] * blob[:, None]
     stripe = (np.sin(xx[None] * rng.uniform(0.3, 1.2, n)[:, None, None] + rng.uniform(0, 6, n)[:, None, None]) > 0.6)
     image = image * (1 - 0.08 * stripe[:, None])
+    _TEX = float(__import__("os").environ.get("SYN_TEX", 0))
+    image = image + _TEX * rng.normal(0, 1, image.shape)  # static surface texture of the scene
     frames = np.repeat(image[:, :, None], f, axis=2)  # (N, 3, F, S, S)
 
     # Clothes and skin colours are random per clip, never tied to the class.
@@ -328,7 +330,7 @@ def _render(joints_cam: np.ndarray, objects: np.ndarray, rng: np.random.Generato
     # Lighting: per-clip gain and colour cast, per-frame flicker, sensor noise.
     gain = rng.uniform(0.8, 1.2, (n, 1, 1, 1, 1)) * rng.uniform(0.93, 1.07, (n, 3, 1, 1, 1))
     flicker = rng.uniform(0.97, 1.03, (n, 1, f, 1, 1))
-    frames = frames * gain * flicker + rng.normal(0, 0.02, frames.shape)
+    frames = frames * gain * flicker + rng.normal(0, float(__import__("os").environ.get("SYN_NOISE", 0.02)), frames.shape)
     return np.clip(np.round(frames * 255), 0, 255).astype(np.uint8), proj
 
 
