@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from mmrobust.datasets.base import Split
 from mmrobust.files import write_json
 from mmrobust.metrics import robust_metrics
 from mmrobust.presets import PRESETS, build_model
-from mmrobust.protocol import STANDARD_V1, AttackSetting, Protocol, evaluate, get_protocol, parse_eps, target_sets
+from mmrobust.protocol import AttackSetting, Protocol, evaluate, get_protocol, parse_eps, target_sets
 
 SHAPES = {"rgb": (3, 8, 32, 32), "skeleton": (3, 32, 25, 1)}
 # standard-v1's attacks with fewer steps, to keep these tests quick
