@@ -65,9 +65,12 @@ class MultimodalNet(nn.Module):
         branches: backbone per modality; the fusion order is the mapping's order.
         num_classes: K.
         dropout: dropout before the fusion classifier.
+        input_shapes: per-sample input shape of each modality (no batch axis),
+            for modules that size themselves on feature maps (AMR's weights).
     """
 
-    def __init__(self, branches: Mapping[str, Backbone], num_classes: int, dropout: float = 0.5):
+    def __init__(self, branches: Mapping[str, Backbone], num_classes: int, dropout: float = 0.5,
+                 input_shapes: Mapping[str, Sequence[int]] | None = None):
         super().__init__()
         if not branches:
             raise ValueError("MultimodalNet needs at least one branch")
@@ -77,6 +80,12 @@ class MultimodalNet(nn.Module):
         self.num_classes = num_classes
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(sum(b.embedding_dim for b in branches.values()), num_classes)
+        self._input_shapes = {m: tuple(int(n) for n in shape) for m, shape in (input_shapes or {}).items()}
+
+    @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-sample input shape of each modality as built; empty if not given."""
+        return dict(self._input_shapes)
 
     @property
     def modalities(self) -> tuple[str, ...]:

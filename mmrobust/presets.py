@@ -66,7 +66,7 @@ def build_model(preset: Preset, input_shapes: Mapping[str, Sequence[int]], num_c
             raise ValueError(f"preset {preset.name!r} has no backbone for modality {modality!r}")
         name, kwargs = preset.backbones[modality]
         branches[modality] = BACKBONES.get(name).from_input_shape(tuple(shape), **kwargs)
-    return MultimodalNet(branches, num_classes, dropout=preset.dropout)
+    return MultimodalNet(branches, num_classes, dropout=preset.dropout, input_shapes=input_shapes)
 
 
 def model_for(preset: Preset, data: DatasetBundle, modalities: Sequence[str] = ()) -> MultimodalNet:

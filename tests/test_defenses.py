@@ -120,7 +120,7 @@ def test_the_model_or_its_surrogate_is_differentiable_in_every_input(name):
 
 
 def test_a_checkpoint_reproduces_the_logits(name):
-    defense, model = trained(name)
+    _, model = trained(name)
     with torch.no_grad():
         for parameter in model.parameters():  # move away from the initialisation the fresh build repeats
             parameter.add_(0.01 * torch.randn_like(parameter))
@@ -426,10 +426,10 @@ def test_amr_weight_summary_and_plot_through_the_registry(tmp_path):
             mixer.weights["rgb"].fill_(rgb)
             mixer.weights["skeleton"].fill_(skeleton)
     summary = amr_module().weight_summary(model)
-    assert [row["stages"] for row in summary] == [{"rgb": "Mixed_4f", "skeleton": "conv5"},
-                                                  {"rgb": "Mixed_5c", "skeleton": "conv6"}]
-    assert [row["mean_weight"] for row in summary] == [{"rgb": 0.5, "skeleton": 2.0},
-                                                       {"rgb": 0.25, "skeleton": 1.5}]
+    assert [{k: v for k, v in row.items() if "std" not in k} for row in summary] == [
+        {"amr": 1, "rgb stage": "Mixed_4f", "rgb mean": 0.5, "skeleton stage": "conv5", "skeleton mean": 2.0},
+        {"amr": 2, "rgb stage": "Mixed_5c", "rgb mean": 0.25, "skeleton stage": "conv6", "skeleton mean": 1.5}]
+    assert all(row["rgb std"] == 0 and row["skeleton std"] == 0 for row in summary)
     path = amr_module().plot_weights(model, tmp_path / "weights.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="no AMR"):

@@ -122,12 +122,19 @@ def test_skeleton_maps_back_to_metres_with_one_scale_for_all_axes(small, bundle)
     hip, knee = JOINTS.index("hip_left"), JOINTS.index("knee_left")
     assert PARENTS[knee] == hip
     # A thigh keeps its length whichever way it points: squats and steps swing it into
-    # depth (z), kicks sideways (x). Median over frames ignores mis-tracked joints.
+    # depth (z), kicks sideways (x). Median over frames ignores mis-tracked joints; the
+    # mean over a subject's clips of one kind averages out the tracking jitter (4 cm).
     thigh = np.median(np.linalg.norm(joints[:, :, knee] - joints[:, :, hip], axis=-1), axis=1)  # per clip
+    label = arrays["label"]
+    into_depth = np.isin(label, [CLASSES.index(c) for c in ("squat", "step forward", "step back")])
+    sideways = np.isin(label, [CLASSES.index(c) for c in ("side kick", "jumping jacks")])
     for subject in np.unique(arrays["subject"]):
-        lengths = thigh[arrays["subject"] == subject]
+        mine = arrays["subject"] == subject
+        lengths = thigh[mine]
         assert 0.3 < lengths.mean() < 0.55, lengths.mean()   # a thigh in metres: 0.245 x 1.5-1.95 m
-        assert lengths.max() - lengths.min() < 0.05, lengths   # same person, every action
+        assert lengths.max() - lengths.min() < 0.1, lengths    # same person, every action
+        for kind in (into_depth, sideways):
+            assert abs(thigh[mine & kind].mean() - thigh[mine & ~into_depth & ~sideways].mean()) < 0.02
     depth = joints[..., 2]
     assert 2.4 < np.median(depth) < 4.0  # standing 2.9-3.5 m from the camera
 
