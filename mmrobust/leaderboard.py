@@ -164,6 +164,10 @@ def _identity(record: Mapping[str, Any]) -> tuple[str, str, str, str]:
     return record["defense"], str(record.get("preset")), _modalities(record), str(record.get("split"))
 
 
+def _data(record: Mapping[str, Any]) -> str:
+    return str((record.get("data") or {}).get("fingerprint"))
+
+
 def _finished_at(record: Mapping[str, Any]) -> float:
     """When the record was written: ``provenance.finished_at`` (ISO 8601 or epoch seconds), else file mtime."""
     stamp = (record.get("provenance") or {}).get("finished_at")
@@ -288,8 +292,10 @@ def build_table(records: Iterable[Mapping[str, Any]], dataset: str, protocol: st
     if common_settings is not None:
         footnotes.append("settings!: protocol_settings differ from those of most records "
                          "under the same protocol name")
-    references = {_identity(r)[1:]: r for r in chosen if r["defense"] == "none"}
-    rows = [_measured_row(r, attack, references.get(_identity(r)[1:]), common_settings) for r in chosen]
+    # RI compares with `none` trained and tested on exactly the same data.
+    references = {(*_identity(r)[1:], _data(r)): r for r in chosen if r["defense"] == "none"}
+    rows = [_measured_row(r, attack, references.get((*_identity(r)[1:], _data(r))), common_settings)
+            for r in chosen]
     rows.sort(key=_rank)
     if protocol == REPORTED_PROTOCOL and attack == REPORTED_ATTACK:
         rows += _reported_rows(dataset)

@@ -171,13 +171,14 @@ def evaluate_experiment(exp: Experiment, run_dir: Path, protocol: Protocol, *, t
 def attach_reference(record: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Fill RI from the ``none`` record of the same dataset, preset, split, modalities and protocol.
 
-    Looked for among the sibling run directories; RI stays null, with a note, if
-    there is none (``mmrobust leaderboard`` recomputes it from all records).
+    Looked for in the sibling run directories (``runs/<dataset>/*``); RI stays
+    null, with a note, if there is none (``mmrobust leaderboard`` recomputes it).
     """
     if record["defense"] == "none":
         reference, where = record, str(run_dir)
     else:
-        candidates = [r for r in load_records([run_dir.parent])
+        siblings = [p for p in run_dir.parent.glob("*/result*.json") if p.parent != run_dir]
+        candidates = [r for r in load_records(siblings)
                       if r.get("defense") == "none" and same_setting(r, record)]
         reference = max(candidates, key=lambda r: r["provenance"].get("finished_at", ""), default=None)
         where = reference["_source"]["path"] if reference is not None else None
@@ -191,7 +192,9 @@ def attach_reference(record: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
 
 def same_setting(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return all(a.get(k) == b.get(k) for k in ("dataset", "preset", "split", "modalities", "protocol"))
+    """Same dataset (and exact data), preset, split, modalities and protocol."""
+    return (all(a.get(k) == b.get(k) for k in ("dataset", "preset", "split", "modalities", "protocol"))
+            and a.get("data", {}).get("fingerprint") == b.get("data", {}).get("fingerprint"))
 
 
 def consistency_checks(metrics: dict[str, Any], n: int) -> dict[str, bool]:

@@ -482,7 +482,7 @@ def load(request: DataRequest) -> DatasetBundle:
     return DatasetBundle(
         name="synthetic", train=split(splits["train"]), test=split(splits["test"]),
         num_classes=len(CLASSES), class_names=CLASSES, skeleton_scale=SKELETON_SCALE, skeleton_unit="m",
-        fingerprint=meta["fingerprint"], default_epochs=15, split="subject",
+        fingerprint=meta["fingerprint"], default_epochs=8, split="subject",
         info={"cache": str(path), "spec": meta["spec"]},
         joints_in_frames=joints_in_frames,
     )
