@@ -31,39 +31,22 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
-from torch import nn
-
-from mmrobust.attack import Attack, AttackResult, Eps, check_schedule, margin_loss, sign_gradient_attack
-from mmrobust.model import Batch
+from mmrobust.attack import margin_loss
+from mmrobust.attacks.pgd import PGD
+from mmrobust.attacks.pgd import Params as PGDParams
 from mmrobust.registry import register_attack
 
 
 @dataclass(frozen=True)
-class Params:
+class Params(PGDParams):
     steps: int = 30
-    rel_step: float = 0.25
-    random_start: bool = True
-    restarts: int = 1
-    early_stop: bool = True
-
-    def __post_init__(self) -> None:
-        check_schedule(self.steps, self.rel_step, self.restarts, self.random_start)
 
 
 @register_attack("cw-inf")
-class CWInf(Attack):
-    """PGD maximising the CW margin."""
+class CWInf(PGD):
+    """PGD maximising the CW margin: the same engine and schedule, another objective."""
 
     Params = Params
-
-    def __call__(self, model: nn.Module, batch: Batch, targets: Sequence[str], eps: Eps, *,
-                 clean_logits: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None, max_batch: int | None = None) -> AttackResult:
-        p = self.params
-        return sign_gradient_attack(model, batch, targets, eps, steps=p.steps, rel_step=p.rel_step,
-                                    loss=margin_loss, random_start=p.random_start, restarts=p.restarts,
-                                    early_stop=p.early_stop, clean_logits=clean_logits, generator=generator, max_batch=max_batch)
+    loss = staticmethod(margin_loss)

@@ -62,11 +62,12 @@ class PGD(Attack):
     """Iterated sign-gradient ascent on the cross-entropy with projection."""
 
     Params = Params
+    loss = staticmethod(cross_entropy)  # per-sample objective to maximise
 
     def __call__(self, model: nn.Module, batch: Batch, targets: Sequence[str], eps: Eps, *,
                  clean_logits: torch.Tensor | None = None,
                  generator: torch.Generator | None = None, max_batch: int | None = None) -> AttackResult:
         p = self.params
         return sign_gradient_attack(model, batch, targets, eps, steps=p.steps, rel_step=p.rel_step,
-                                    loss=cross_entropy, random_start=p.random_start, restarts=p.restarts,
+                                    loss=self.loss, random_start=p.random_start, restarts=p.restarts,
                                     early_stop=p.early_stop, clean_logits=clean_logits, generator=generator, max_batch=max_batch)
