@@ -22,13 +22,13 @@ import torch
 from mmrobust.config import RunConfig
 from mmrobust.datasets.base import DatasetBundle
 from mmrobust.defense import Defense, TrainContext, build_defense
-from mmrobust.model import MultimodalNet, unimodal_modalities
-from mmrobust.presets import get_preset, model_for
-from mmrobust.registry import DATASETS
+from mmrobust.files import RECORD_SCHEMA, write_json
 from mmrobust.leaderboard import load_records
 from mmrobust.metrics import fill_ri, robust_metrics
+from mmrobust.model import MultimodalNet, unimodal_modalities
+from mmrobust.presets import get_preset, model_for
 from mmrobust.protocol import STANDARD_V1, Protocol, evaluate, get_protocol
-from mmrobust.files import RECORD_SCHEMA, write_json
+from mmrobust.registry import DATASETS
 from mmrobust.results import provenance, save_torch
 from mmrobust.training import CHECKPOINT_FORMAT, load_checkpoint, load_model_state, resolve_device, train
 
