@@ -245,3 +245,19 @@ def test_old_schema_records_are_reported_not_ranked(evaluated_run, tmp_path):
                                                       "--out", str(tmp_path / "lb")])
     assert result.exit_code != 0
     assert "old.json" in result.stderr and "mmrobust eval" in result.stderr
+
+
+def test_amr_weights_command_prints_table_3_and_plots_figure_4(small_synthetic_module, tmp_path):
+    run_dir = tmp_path / "amr"
+    result = invoke("run", "--dataset", small_synthetic_module, "--defense", "amr", "--epochs", 1,
+                    "--attacks", "fgsm", "--run-dir", run_dir, "--quiet")
+    assert result.exit_code == 0, result.output
+    result = invoke("amr-weights", "--run-dir", run_dir, "--out", tmp_path / "amr.png")
+    assert result.exit_code == 0, result.output
+    assert "Mixed_5c" in result.output and "conv6" in result.output and "mean" in result.output
+    assert (tmp_path / "amr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    none_dir = tmp_path / "none"
+    assert invoke("run", "--dataset", small_synthetic_module, "--epochs", 1, "--attacks", "fgsm",
+                  "--run-dir", none_dir, "--quiet").exit_code == 0
+    result = invoke("amr-weights", "--run-dir", none_dir)
+    assert result.exit_code != 0 and "not 'amr'" in result.output
