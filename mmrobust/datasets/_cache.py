@@ -434,6 +434,17 @@ def _open_staged(plan: PreparePlan, directory: Path, fresh: bool) -> dict[str, R
     return files
 
 
+def prepare_from_root(dataset: str, request: Any, plan: Callable[..., PreparePlan], *, workers: int,
+                      strict: bool, release: str) -> dict[str, Any]:
+    """Plan the work for ``request.root`` with ``plan`` and run it into the dataset's cache."""
+    if not request.root:
+        raise ValueError(f"preparing {dataset} needs the folder of the {release} (root)")
+    root = Path(request.root).expanduser()
+    return run_prepare(plan(root, request, strict=strict), cache_directory(dataset, root, request),
+                       cache_key(dataset, root, request), workers=workers, strict=strict,
+                       progress=request.progress)
+
+
 def run_prepare(plan: PreparePlan, directory: Path, key: Mapping[str, Any], *, workers: int = 1,
                 strict: bool = False, progress: bool = True) -> dict[str, Any]:
     """Stream ``plan`` into the cache at ``directory``, resuming earlier work; return the manifest.

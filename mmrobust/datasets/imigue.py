@@ -58,8 +58,8 @@ from typing import Any
 
 from ..registry import register_dataset
 from . import _imigue_format
-from ._cache import (Planner, PreparePlan, SampleError, build_bundle, cache_directory, cache_key, find_prepared,
-                     read_json, run_prepare)
+from ._cache import (Planner, PreparePlan, SampleError, build_bundle, prepare_from_root, find_prepared,
+                     read_json)
 from .base import DataRequest, DatasetBundle
 
 SPLITS = ("xsub", "challenge")
@@ -106,12 +106,8 @@ def prepare_imigue(request: DataRequest, *, workers: int = 1, strict: bool = Fal
         ValueError: with ``strict``, a malformed sample; always, when no
             sample is usable or the label CSV lacks a column.
     """
-    if not request.root:
-        raise ValueError("preparing imigue needs the folder of the raw or challenge release (root)")
-    root = Path(request.root).expanduser()
-    plan = plan_imigue(root, request, strict=strict)
-    return run_prepare(plan, cache_directory("imigue", root, request), cache_key("imigue", root, request),
-                       workers=workers, strict=strict, progress=request.progress)
+    return prepare_from_root("imigue", request, plan_imigue, workers=workers, strict=strict,
+                             release="raw or challenge release")
 
 
 load.prepare = prepare_imigue  # type: ignore[attr-defined]  # how `mmrobust prepare` finds it

@@ -60,7 +60,7 @@ import numpy as np
 
 from ..registry import register_dataset
 from . import _ntu_format
-from ._cache import Planner, PreparePlan, SampleError, build_bundle, cache_directory, cache_key, run_prepare
+from ._cache import Planner, PreparePlan, SampleError, build_bundle, prepare_from_root
 from .base import DataRequest, DatasetBundle
 
 logger = logging.getLogger("mmrobust.datasets")
@@ -124,12 +124,8 @@ def prepare_ntu60(request: DataRequest, *, workers: int = 1, strict: bool = Fals
         ValueError: with ``strict``, a malformed sample; always, when no
             sample is usable.
     """
-    if not request.root:
-        raise ValueError("preparing ntu60 needs the folder of the raw release (root)")
-    root = Path(request.root).expanduser()
-    plan = plan_ntu60(root, request, strict=strict)
-    return run_prepare(plan, cache_directory("ntu60", root, request), cache_key("ntu60", root, request),
-                       workers=workers, strict=strict, progress=request.progress)
+    return prepare_from_root("ntu60", request, plan_ntu60, workers=workers, strict=strict,
+                             release="raw release")
 
 
 load.prepare = prepare_ntu60  # type: ignore[attr-defined]  # how `mmrobust prepare` finds it
