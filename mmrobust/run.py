@@ -205,7 +205,7 @@ def consistency_checks(metrics: dict[str, Any], n: int) -> dict[str, bool]:
     if "fgsm" in attacks and "pgd20" in attacks:
         checks["pgd_le_fgsm"] = all(attacks["pgd20"][t] <= attacks["fgsm"][t] + slack
                                     for t in attacks["fgsm"] if t in ("R", "S", "RS"))
-    checks["all_le_min_single"] = all(
+    checks["rs_le_min"] = all(
         values["RS"] <= min(values["R"], values["S"]) + slack
         for values in attacks.values() if all(t in values for t in ("R", "S", "RS")))
     return checks

@@ -83,8 +83,9 @@ class HCN(Backbone):
         num_persons: M; persons are max-pooled after conv6.
         width: channel multiplier (1.0 = the published network).
         center_joint: the joint whose mean position of person 0 is the origin.
-        input_gain: factor applied after centring; 3 turns the [0, 1] cube of
-            the synthetic and NTU mappings (3 m per unit) back into metres.
+        input_gain: factor applied after centring; 3 brings the [0, 1] cube
+            of a room-sized scene (2.5–5 m per unit) back to about metres, the
+            scale of the published network's inputs.
         batch_norm: skelact's BatchNorm variant (after every convolution);
             off in the published network, whose count is given above.
     """
