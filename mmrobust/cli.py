@@ -392,7 +392,9 @@ def sweep(dataset: str, defenses: str | None, preset: str, seed: int, device: st
     """Run every defense on one dataset, then write its leaderboard with the records behind it.
 
     Finished runs are kept (their record is reused), killed ones resume, so the
-    command can be re-run until everything is done.
+    command can be re-run until everything is done. A finished run of other data
+    (an older synthetic generator, say) is refused, never mixed in: move it
+    away or pass another --runs folder.
 
     \b
     Example:
@@ -403,17 +405,25 @@ def sweep(dataset: str, defenses: str | None, preset: str, seed: int, device: st
 
     from mmrobust.leaderboard import build_table, load_records, render, write_leaderboard
     from mmrobust.registry import DEFENSES
-    from mmrobust.run import check_run_dir, default_run_dir, execute, record_name, resume_state
+    from mmrobust.run import check_run_dir, default_run_dir, execute, load_data, record_name, resume_state
 
     names = list(_attacks_option(defenses) or DEFENSES.names())
     unknown = [n for n in names if n not in DEFENSES]
     if unknown:
         DEFENSES.get(unknown[0])  # raises with suggestions
     records_dir = Path(out) / dataset / "records"
+    fingerprint = None
     for name in names:
         config = RunConfig(dataset=dataset, defense=name, preset=preset, seed=seed, device=device)
         directory = Path(runs_dir) / default_run_dir(config).relative_to("runs")
-        if (directory / record_name(config.protocol)).is_file():
+        record_path = directory / record_name(config.protocol)
+        if record_path.is_file():
+            fingerprint = fingerprint or load_data(config, progress=not quiet).fingerprint
+            stored = json.loads(record_path.read_text()).get("data", {}).get("fingerprint")
+            if stored != fingerprint:
+                raise click.ClickException(
+                    f"{directory} holds a finished run of other data (fingerprint {stored}, the data now is "
+                    f"{fingerprint}); move it away or pass --runs with another folder")
             click.echo(f"{name}: finished earlier ({directory})", err=True)
         else:
             state = resume_state(directory, None) if (directory / "checkpoint.pt").is_file() else None

@@ -948,7 +948,7 @@ def test_cache_location_follows_request_then_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert _cache.cache_root(None) == tmp_path / "xdg" / "mmrobust"
     a = _cache.cache_directory("ntu60", tmp_path / "r", DataRequest())
-    assert a != _cache.cache_directory("ntu60", tmp_path / "r", DataRequest(rgb_size=64))
+    assert a != _cache.cache_directory("ntu60", tmp_path / "r", DataRequest(rgb_size=32))
     assert a != _cache.cache_directory("ntu60", tmp_path / "other", DataRequest())
     assert a == _cache.cache_directory("ntu60", tmp_path / "r", DataRequest(split="xview", seed=3))
 

@@ -100,7 +100,7 @@ def test_shapes_dtypes_and_ranges(small):
 def test_bundle_batches_are_float_in_unit_range(bundle):
     assert bundle.modalities == ("rgb", "skeleton")
     assert bundle.num_classes == K and bundle.class_names == CLASSES
-    assert bundle.input_shape("rgb") == (3, 8, 32, 32)
+    assert bundle.input_shape("rgb") == (3, 8, 64, 64)
     assert bundle.input_shape("skeleton") == (3, 32, 25, 1)
     batch = bundle.test.batch(range(5))
     assert set(batch) == {"rgb", "skeleton", "label"}

@@ -41,7 +41,7 @@ class DataRequest:
     cache_dir: str | None = None
     seed: int = 0
     rgb_frames: int = 8
-    rgb_size: int = 32
+    rgb_size: int = 64
     skeleton_frames: int = 32
     progress: bool = True
 

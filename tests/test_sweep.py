@@ -1,0 +1,63 @@
+"""``mmrobust sweep``: one run per defense, then the leaderboard with its records.
+
+A re-run reuses finished runs; a finished run of other data is refused, so a
+changed generator never slips stale numbers into a leaderboard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from mmrobust.cli import cli
+from mmrobust.registry import DATASETS
+
+ONE_EPOCH = "synthetic-small-1ep"
+
+
+@pytest.fixture
+def one_epoch_dataset(small_synthetic):
+    """``synthetic-small`` with a one-epoch recipe."""
+    with DATASETS.scoped():
+
+        @DATASETS.register(ONE_EPOCH)
+        def load(request):
+            bundle = DATASETS.get(small_synthetic)(request)
+            return dataclasses.replace(bundle, name=ONE_EPOCH, default_epochs=1)
+
+        yield ONE_EPOCH
+
+
+def _sweep(tmp_path, dataset):
+    args = ["sweep", "--dataset", dataset, "--defenses", "none,minsim", "--device", "cpu", "--quiet",
+            "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "boards")]
+    return CliRunner().invoke(cli, args)
+
+
+def test_sweep_writes_records_and_leaderboard_then_reuses_and_guards_runs(tmp_path, one_epoch_dataset):
+    first = _sweep(tmp_path, one_epoch_dataset)
+    assert first.exit_code == 0, first.output
+    board = tmp_path / "boards" / one_epoch_dataset
+    assert sorted(p.name for p in (board / "records").iterdir()) == [
+        "minsim-tiny-s0.json", "minsim-tiny-s0.outcomes.npz", "none-tiny-s0.json", "none-tiny-s0.outcomes.npz"]
+    table = (board / "standard-v1.md").read_text()
+    assert "| none" in table and "| minsim" in table
+    record = json.loads((board / "records" / "minsim-tiny-s0.json").read_text())
+    run = tmp_path / "runs" / one_epoch_dataset / "minsim-tiny-s0"
+    assert record == json.loads((run / "result.json").read_text())
+    assert record["training"]["epochs"] == 1
+
+    second = _sweep(tmp_path, one_epoch_dataset)
+    assert second.exit_code == 0, second.output
+    assert "none: finished earlier" in second.output and "minsim: finished earlier" in second.output
+    assert json.loads((board / "records" / "minsim-tiny-s0.json").read_text()) == record
+
+    stale = dict(record, data={**record["data"], "fingerprint": "older-generator"})
+    (run / "result.json").write_text(json.dumps(stale))
+    refused = _sweep(tmp_path, one_epoch_dataset)
+    assert refused.exit_code == 1 and "Traceback" not in refused.output
+    assert "holds a finished run of other data (fingerprint older-generator" in refused.output
+    assert json.loads((board / "records" / "minsim-tiny-s0.json").read_text()) == record  # left as it was
