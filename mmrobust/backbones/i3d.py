@@ -38,6 +38,8 @@ def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
 def _pad_same(x: torch.Tensor, kernel: Triple, stride: Triple) -> torch.Tensor:
     t, h, w = x.shape[2:]
     pt, ph, pw = (_same_padding(s, k, st) for s, k, st in zip((t, h, w), kernel, stride))
+    if not any((*pt, *ph, *pw)):
+        return x  # 1×1×1 convolutions: F.pad would only copy
     return F.pad(x, (*pw, *ph, *pt))
 
 
