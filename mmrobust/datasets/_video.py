@@ -145,24 +145,11 @@ def _decode_wanted(path: str, wanted: list[int], box_for_size, size: int) -> dic
 
 def _decode_sequential(container, stream, wanted, box_for_size, size) -> dict[int, np.ndarray]:
     """Count frames from the start; exact for any container."""
-    found: dict[int, np.ndarray] = {}
-    remaining = set(wanted)
-    last_wanted = wanted[-1]
-    box = None
-    last = None
-    for index, frame in enumerate(container.decode(stream)):
-        if box is None:
-            box = box_for_size(frame.width, frame.height)
-        if index in remaining:
-            found[index] = crop_square(frame.to_ndarray(format="rgb24"), box, size)
-            remaining.discard(index)
-        last = (index, frame)
-        if index >= last_wanted:
-            break
-    if remaining and last is not None and last[0] not in found:
-        # The video ends before some wanted frames: keep its last frame for them.
-        found[last[0]] = crop_square(last[1].to_ndarray(format="rgb24"), box, size)
-    return found
+    return _collect(enumerate(container.decode(stream)), wanted, box_for_size, size)[0]
+
+
+class _Unusable(Exception):
+    """Timestamps do not place the frames: fall back to counting them."""
 
 
 def _decode_after_seek(container, stream, rate: Fraction, wanted, box_for_size, size):
@@ -171,16 +158,34 @@ def _decode_after_seek(container, stream, rate: Fraction, wanted, box_for_size, 
     start = stream.start_time or 0
     target = start + int((wanted[0] - _SEEK_AFTER_FRAMES // 2) / rate / time_base)
     container.seek(max(target, start), stream=stream, backward=True, any_frame=False)
+
+    def numbered():
+        for position, frame in enumerate(container.decode(stream)):
+            if frame.pts is None:
+                raise _Unusable
+            index = int(round((frame.pts - start) * time_base * rate))
+            if position == 0 and index > wanted[0]:
+                raise _Unusable  # landed past the first wanted frame
+            yield index, frame
+
+    try:
+        found, last = _collect(numbered(), wanted, box_for_size, size)
+    except _Unusable:
+        return None
+    return found if last is not None else None
+
+
+def _collect(numbered, wanted, box_for_size, size):
+    """Crop the wanted frames out of ``(index, frame)`` pairs, up to the last wanted one.
+
+    Returns the frames found and the last pair read (None for an empty stream).
+    A video that ends before some wanted frames gives its last frame for them.
+    """
     found: dict[int, np.ndarray] = {}
     remaining = set(wanted)
     box = None
     last = None
-    for frame in container.decode(stream):
-        if frame.pts is None:
-            return None
-        index = int(round((frame.pts - start) * time_base * rate))
-        if last is None and index > wanted[0]:
-            return None  # landed past the first wanted frame
+    for index, frame in numbered:
         if box is None:
             box = box_for_size(frame.width, frame.height)
         if index in remaining:
@@ -189,8 +194,6 @@ def _decode_after_seek(container, stream, rate: Fraction, wanted, box_for_size, 
         last = (index, frame)
         if index >= wanted[-1]:
             break
-    if last is None:
-        return None
-    if remaining and last[0] not in found:
+    if remaining and last is not None and last[0] not in found:
         found[last[0]] = crop_square(last[1].to_ndarray(format="rgb24"), box, size)
-    return found
+    return found, last
