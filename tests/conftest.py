@@ -19,7 +19,7 @@ SMALL_DATASET = "synthetic-small"
 def data_cache(tmp_path_factory: pytest.TempPathFactory):
     """Point ``MMROBUST_CACHE`` at a session temp dir.
 
-    The synthetic data is generated once per session (about 7 s) and the
+    The synthetic data is generated once per session (about 11 s) and the
     user's ``~/.cache/mmrobust`` is never touched.
     """
     cache = tmp_path_factory.mktemp("mmrobust-cache")
