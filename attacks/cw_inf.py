@@ -17,6 +17,7 @@ Arguments:
     restarts (int): attempts from fresh random starts. Default 1.
     early_stop (bool): stop a sample at its first misclassified iterate and keep
         it. Default True.
+    final_check (bool): as for ``pgd``. Default True.
 
 Input: the batch dict, every modality float in [0, 1] — ``rgb`` (B, 3, T, H, W),
 ``skeleton`` (B, C, T, V, M) — and ``label`` int64 (B,).

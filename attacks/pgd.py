@@ -19,6 +19,9 @@ Arguments:
         keeps that adversarial input (exact for robust accuracy, cheaper).
         Default True; False reproduces torchattacks.PGD, which keeps only the
         last iterate.
+    final_check (bool): with early_stop off, False skips the forward that
+        checks the last iterate (``fooled`` then marks only clean errors).
+        Default True; adversarial training sets False.
 
 Input: the batch dict, every modality float in [0, 1] — ``rgb`` (B, 3, T, H, W),
 ``skeleton`` (B, C, T, V, M) — and ``label`` int64 (B,).
@@ -52,9 +55,12 @@ class Params:
     random_start: bool = True
     restarts: int = 1
     early_stop: bool = True
+    final_check: bool = True
 
     def __post_init__(self) -> None:
         check_schedule(self.steps, self.rel_step, self.restarts, self.random_start)
+        if not self.final_check and (self.early_stop or self.restarts > 1):
+            raise ValueError("final_check=False needs early_stop=False and restarts=1")
 
 
 @register_attack("pgd")
@@ -70,4 +76,4 @@ class PGD(Attack):
         p = self.params
         return sign_gradient_attack(model, batch, targets, eps, steps=p.steps, rel_step=p.rel_step,
                                     loss=self.loss, random_start=p.random_start, restarts=p.restarts,
-                                    early_stop=p.early_stop, clean_logits=clean_logits, generator=generator, max_batch=max_batch)
+                                    early_stop=p.early_stop, final_check=p.final_check, clean_logits=clean_logits, generator=generator, max_batch=max_batch)

@@ -19,7 +19,9 @@ targets; a modality never perturbed in training is left as weak as ``none``.
 How the training adversary runs (shared with ``minsim`` and ``amr``):
 
 * it is the registered ``pgd`` attack with ``early_stop=False``, so every
-  sample runs all steps and keeps the last iterate, as in Madry et al.;
+  sample runs all steps and keeps the last iterate, as in Madry et al.
+  (``final_check=False``: the training needs the examples, not whether they
+  fool the model, so no forward checks them);
 * it attacks the model in eval mode (BatchNorm running statistics, no dropout),
   so the perturbation targets the network that will be evaluated and the
   inner loop leaves the running statistics alone; train mode is restored for
@@ -100,7 +102,7 @@ def check_flag(name: str, value: Any) -> None:
 def training_adversary(params: Params) -> Attack:
     """PGD as Madry trains with it: all steps for every sample, last iterate kept."""
     return build_attack("pgd", steps=params.steps, rel_step=params.rel_step,
-                        random_start=params.random_start, early_stop=False)
+                        random_start=params.random_start, early_stop=False, final_check=False)
 
 
 def adversarial_batch(model: nn.Module, batch: Batch, targets: tuple[str, ...], attack: Attack, eps: float,

@@ -256,6 +256,7 @@ def sign_gradient_attack(
     random_start: bool = False,
     restarts: int = 1,
     early_stop: bool = True,
+    final_check: bool = True,
     clean_logits: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     max_batch: int | None = None,
@@ -283,6 +284,10 @@ def sign_gradient_attack(
             adversarial input is misclassified, keeping exactly that input.
             Off: every clean-correct sample runs all steps and only the last
             iterate counts (as torchattacks does).
+        final_check: with ``early_stop`` off and one restart, False skips the
+            forward that checks each final iterate, and ``fooled`` then marks
+            only the samples misclassified clean. For adversarial training,
+            which needs the examples, not the outcome.
         clean_logits: (B, K) clean logits if the caller has them.
         generator: source of the random starts (drawn for the whole batch per
             restart, so a sample's start does not depend on the pool).
@@ -292,6 +297,9 @@ def sign_gradient_attack(
     radius = resolve_eps(eps, targets, batch)
     if steps < 0 or restarts < 1:
         raise ValueError(f"need steps >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
+    if not final_check and (early_stop or restarts > 1):
+        raise ValueError("final_check=False needs early_stop=False and one restart: "
+                         "both decide from the check it skips")
     fooled, forward_passes = clean_fooled(model, batch, clean_logits)
     size = fooled.shape[0]
     width = size if max_batch is None else max(1, min(max_batch, size))
@@ -378,6 +386,14 @@ def sign_gradient_attack(
                 step.sub_(sub[m]).clamp_(min=-radius[m], max=radius[m])
                 x[m] = step.add_(sub[m]).clamp_(min=0, max=1)
         step_of[pool] += 1
+        if not final_check:  # samples past their last step leave without a checking forward
+            finished = step_of[pool] == steps
+            if bool(finished.any()):
+                for m in targets:
+                    adversarial[m][pool[finished]] = x[m][finished]
+                keep = ~finished
+                pool, sub = pool[keep], take(sub, keep)
+                x = {m: x[m][keep] for m in targets}
 
     return AttackResult({**batch, **adversarial}, fooled, gradient_passes, forward_passes)
 

@@ -202,6 +202,27 @@ def test_early_stop_fools_at_least_the_samples_the_last_iterate_fools(model, bat
     assert early.gradient_passes < last_iterate.gradient_passes
 
 
+def test_skipping_the_final_check_keeps_the_examples_and_saves_its_forwards(model, batch):
+    targets = ("rgb", "skeleton")
+    checked = run("pgd", model, batch, targets, steps=5, early_stop=False)
+    unchecked = run("pgd", model, batch, targets, steps=5, early_stop=False, final_check=False)
+    for m in targets:
+        assert torch.equal(unchecked.batch[m], checked.batch[m])
+    assert unchecked.gradient_passes == checked.gradient_passes
+    assert unchecked.forward_passes == checked.forward_passes - int((~clean_wrong(model, batch)).sum())
+    assert torch.equal(unchecked.fooled, clean_wrong(model, batch))  # only the clean errors are known
+
+
+def clean_wrong(model, batch) -> torch.Tensor:
+    return predict(model, batch) != batch["label"]
+
+
+@pytest.mark.parametrize("params", [{"final_check": False}, {"final_check": False, "early_stop": False, "restarts": 2}])
+def test_final_check_can_be_skipped_only_without_early_stop_and_restarts(params):
+    with pytest.raises(ValueError, match="final_check=False needs early_stop=False"):
+        build_attack("pgd", **params)
+
+
 @pytest.mark.parametrize("name", list(ALL_ATTACKS))
 def test_samples_misclassified_clean_are_returned_unchanged(model, batch, name):
     predicted = predict(model, batch)
