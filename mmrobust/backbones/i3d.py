@@ -158,8 +158,9 @@ class I3D(Backbone):
         return cls(in_channels=shape[0], **kwargs)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        # Channels-last: the same numbers, and on CPU a quarter less time for an
-        # attack's forward+backward at 8×64×64 (mkldnn's preferred layout).
+        # Channels-last: the same numbers up to rounding, and on CPU a quarter
+        # less time for an attack's forward+backward at 8×64×64 (mkldnn's
+        # preferred layout).
         return (x * 2.0 - 1.0).contiguous(memory_format=torch.channels_last_3d)
 
     def pool_map(self, feature: torch.Tensor) -> torch.Tensor:
