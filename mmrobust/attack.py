@@ -203,8 +203,8 @@ def clean_fooled(model: nn.Module, batch: Batch, clean_logits: torch.Tensor | No
     return clean_logits.detach().argmax(dim=1) != labels, passes
 
 
-def take(batch: Mapping[str, Any], index: torch.Tensor) -> Batch:
-    """The samples ``index`` (indices or a mask) of every per-sample tensor (others as they are)."""
+def take(batch: Mapping[str, Any], index: torch.Tensor | slice) -> Batch:
+    """The samples ``index`` (indices, a mask or a slice) of every per-sample tensor (others as they are)."""
     size = labels_of(batch).shape[0]
     return {k: v[index] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == size else v
             for k, v in batch.items()}
@@ -367,11 +367,8 @@ def sign_gradient_attack(
             if bool(again.any()):
                 restart_of[pool[again]] += 1
                 queue = torch.cat([pool[again], queue])
-        keep = ~done
-        if bool(done.any()):  # the pool shrinks; otherwise nothing needs re-indexing
-            pool = pool[keep]
-            sub = take(sub, keep)
-            x = {m: x[m][keep] for m in targets}
+            keep = ~done  # the pool shrinks; otherwise nothing needs re-indexing
+            pool, sub, x = pool[keep], take(sub, keep), {m: x[m][keep] for m in targets}
             if grads is not None:
                 grads = {m: grads[m][keep] for m in targets}
         if grads is None or pool.numel() == 0:
@@ -392,8 +389,7 @@ def sign_gradient_attack(
                 for m in targets:
                     adversarial[m][pool[finished]] = x[m][finished]
                 keep = ~finished
-                pool, sub = pool[keep], take(sub, keep)
-                x = {m: x[m][keep] for m in targets}
+                pool, sub, x = pool[keep], take(sub, keep), {m: x[m][keep] for m in targets}
 
     return AttackResult({**batch, **adversarial}, fooled, gradient_passes, forward_passes)
 

@@ -81,7 +81,8 @@ def _eps_option(value: str | None) -> float | None:
     return None if value is None else parse_eps(value)
 
 
-def _attacks_option(value: str | None) -> tuple[str, ...] | None:
+def _names_option(value: str | None) -> tuple[str, ...] | None:
+    """A comma-separated list of names (attacks, defenses), or None when not given."""
     return None if value is None else tuple(a.strip() for a in value.split(",") if a.strip())
 
 
@@ -169,7 +170,7 @@ def run(ctx: click.Context, modalities: str | None, defense_params: tuple[str, .
     if eps is not None:
         explicit["eps"] = _eps_option(eps)
     if attacks is not None:
-        explicit["attacks"] = _attacks_option(attacks)
+        explicit["attacks"] = _names_option(attacks)
 
     base = RunConfig.from_toml(config_file) if config_file else RunConfig()
     config = RunConfig.from_dict({**base.to_dict(), **explicit})
@@ -228,7 +229,7 @@ def eval_(run_dir: str, eps: str | None, attacks: str | None, device: str | None
     from mmrobust.run import reevaluate
 
     directory = Path(run_dir)
-    record = reevaluate(directory, eps=_eps_option(eps), attacks=_attacks_option(attacks), device=device,
+    record = reevaluate(directory, eps=_eps_option(eps), attacks=_names_option(attacks), device=device,
                         batch_size=eval_batch_size, progress=not quiet)
     _report(record, directory)
 
@@ -407,7 +408,7 @@ def sweep(dataset: str, defenses: str | None, preset: str, seed: int, device: st
     from mmrobust.registry import DEFENSES
     from mmrobust.run import check_run_dir, default_run_dir, execute, load_data, record_name, resume_state
 
-    names = list(_attacks_option(defenses) or DEFENSES.names())
+    names = list(_names_option(defenses) or DEFENSES.names())
     unknown = [n for n in names if n not in DEFENSES]
     if unknown:
         DEFENSES.get(unknown[0])  # raises with suggestions

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmrobust.attack import build_attack
+from mmrobust.attack import build_attack, take
 from mmrobust.datasets.base import Split
 from mmrobust.model import logits_of
 from mmrobust.files import atomic_write
@@ -238,12 +238,8 @@ def _attack_cell(model, surrogate, setting, targets, data, modalities, eps, clea
 
 @torch.no_grad()
 def _predict(model: nn.Module, batch: Mapping[str, torch.Tensor], batch_size: int) -> torch.Tensor:
-    size = len(batch["label"])
-    parts = []
-    for start in range(0, size, batch_size):
-        part = {k: v[start:start + batch_size] if isinstance(v, torch.Tensor) and v.dim() and len(v) == size else v
-                for k, v in batch.items()}
-        parts.append(logits_of(model(part)).argmax(1))
+    parts = [logits_of(model(take(batch, slice(start, start + batch_size)))).argmax(1)
+             for start in range(0, len(batch["label"]), batch_size)]
     return torch.cat(parts)
 
 
