@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mmrobust.attack import Attack, AttackResult, Eps, cross_entropy, sign_gradient_attack
+from mmrobust.attack import Attack, AttackResult, Eps, RandomStarts, cross_entropy, sign_gradient_attack
 from mmrobust.model import Batch
 from mmrobust.registry import register_attack
 
@@ -48,6 +48,7 @@ class FGSM(Attack):
 
     def __call__(self, model: nn.Module, batch: Batch, targets: Sequence[str], eps: Eps, *,
                  clean_logits: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None, max_batch: int | None = None) -> AttackResult:
+                 starts: RandomStarts | None = None, max_batch: int | None = None) -> AttackResult:
         return sign_gradient_attack(model, batch, targets, eps, steps=1, rel_step=1.0, loss=cross_entropy,
-                                    random_start=False, clean_logits=clean_logits, generator=generator, max_batch=max_batch)
+                                    random_start=False, clean_logits=clean_logits, starts=starts,
+                                    max_batch=max_batch)

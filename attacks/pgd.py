@@ -32,7 +32,7 @@ Example::
 
     pgd = build_attack("pgd", steps=20)
     result = pgd(model, batch, targets=("rgb", "skeleton"), eps={"rgb": 8 / 255, "skeleton": 4 / 255},
-                 generator=torch.Generator().manual_seed(0))
+                 starts=RandomStarts.numbered(len(batch["label"]), seed=0))
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mmrobust.attack import Attack, AttackResult, Eps, check_schedule, cross_entropy, sign_gradient_attack
+from mmrobust.attack import (Attack, AttackResult, Eps, RandomStarts, check_schedule, cross_entropy,
+                             sign_gradient_attack)
 from mmrobust.model import Batch
 from mmrobust.registry import register_attack
 
@@ -72,8 +73,9 @@ class PGD(Attack):
 
     def __call__(self, model: nn.Module, batch: Batch, targets: Sequence[str], eps: Eps, *,
                  clean_logits: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None, max_batch: int | None = None) -> AttackResult:
+                 starts: RandomStarts | None = None, max_batch: int | None = None) -> AttackResult:
         p = self.params
         return sign_gradient_attack(model, batch, targets, eps, steps=p.steps, rel_step=p.rel_step,
                                     loss=self.loss, random_start=p.random_start, restarts=p.restarts,
-                                    early_stop=p.early_stop, final_check=p.final_check, clean_logits=clean_logits, generator=generator, max_batch=max_batch)
+                                    early_stop=p.early_stop, final_check=p.final_check,
+                                    clean_logits=clean_logits, starts=starts, max_batch=max_batch)

@@ -34,9 +34,15 @@ the outcome comes from one forward on the final adversarial batch.
 the view (an estimate: torchattacks may run such a forward without a backward);
 ``forward_passes`` counts the others plus the clean and final checks. The
 model's train/eval mode, which torchattacks switches to eval during the
-attack, is restored module by module afterwards. With a ``generator`` the
-global RNG that torchattacks draws from is seeded from it inside a forked RNG
-state, so results are reproducible and the caller's RNG is left alone.
+attack, is restored module by module afterwards.
+
+torchattacks draws its random starts from the global RNG for the whole batch
+it sees. So that a sample's outcome does not depend on its batch, the adapter
+hands torchattacks one sample at a time, with the global RNG seeded from that
+sample's (seed, sample id) inside a forked RNG state: results are the same at
+any batch size and the caller's RNG is left alone. (Slower than whole
+batches; the native engine is the fast path.) For PGD the start is then the
+very noise the native engine draws for that sample.
 
 Input: the batch dict, every modality float in [0, 1], ``label`` int64 (B,).
 Requires torchattacks 3.5.1, installed with
@@ -64,8 +70,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmrobust.attack import (LABEL, Attack, AttackResult, Eps, clean_fooled, labels_of, resolve_eps,
-                             resolve_targets, take)
+from mmrobust.attack import (LABEL, Attack, AttackResult, Eps, RandomStarts, clean_fooled, labels_of,
+                             resolve_eps, resolve_targets, take)
 from mmrobust.model import Batch, logits_of
 from mmrobust.registry import register_attack
 
@@ -203,12 +209,8 @@ class ClosedModel(nn.Module):
 
 
 @contextlib.contextmanager
-def _seeded_from(generator: torch.Generator | None, device: torch.device) -> Iterator[None]:
-    """Seed the global RNG from ``generator`` in a forked RNG state (no-op without one)."""
-    if generator is None:
-        yield
-        return
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed the global RNG with ``seed`` in a forked RNG state."""
     devices = [device.index if device.index is not None else torch.cuda.current_device()] \
         if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -246,17 +248,22 @@ class TorchAttack(Attack):
 
     def __call__(self, model: nn.Module, batch: Batch, targets: Sequence[str], eps: Eps, *,
                  clean_logits: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None, max_batch: int | None = None) -> AttackResult:
+                 starts: RandomStarts | None = None, max_batch: int | None = None) -> AttackResult:
         size = labels_of(batch).shape[0]
-        if max_batch is not None and size > max_batch:  # torchattacks sees at most max_batch samples at once
-            parts = [self(model, take(batch, torch.arange(i, min(i + max_batch, size))), targets, eps,
-                          clean_logits=None if clean_logits is None else clean_logits[i:i + max_batch],
-                          generator=generator) for i in range(0, size, max_batch)]
+        starts = starts if starts is not None else RandomStarts.numbered(size)
+        if size > 1:  # one sample at a time, each from its own seed: see the module docstring
+            parts = [self._attack_one(model, take(batch, slice(i, i + 1)), targets, eps,
+                                      None if clean_logits is None else clean_logits[i:i + 1],
+                                      starts.seed_of(i, 0)) for i in range(size)]
             merged = {k: torch.cat([p.batch[k] for p in parts]) if isinstance(v, torch.Tensor) and v.dim() > 0
                       and v.shape[0] == size else v for k, v in batch.items()}
             merged.update({k: batch[k] for k in batch if k not in targets})  # untargeted: the very same tensors
             return AttackResult(merged, torch.cat([p.fooled for p in parts]),
                                 sum(p.gradient_passes for p in parts), sum(p.forward_passes for p in parts))
+        return self._attack_one(model, batch, targets, eps, clean_logits, starts.seed_of(0, 0))
+
+    def _attack_one(self, model: nn.Module, batch: Batch, targets: Sequence[str], eps: Eps,
+                    clean_logits: torch.Tensor | None, seed: int) -> AttackResult:
         targets = resolve_targets(batch, targets)
         radius = resolve_eps(eps, targets, batch)
         if len(set(radius.values())) > 1:
@@ -278,7 +285,7 @@ class TorchAttack(Attack):
         attack.set_device(clean_view.device)
         modes = [(module, module.training) for module in model.modules()]
         try:
-            with torch.enable_grad(), _seeded_from(generator, clean_view.device):
+            with torch.enable_grad(), _seeded(seed, clean_view.device):
                 adversarial_view = attack(clean_view, sub[LABEL])
         except (MemoryError, torch.cuda.OutOfMemoryError):
             raise

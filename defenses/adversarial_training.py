@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmrobust.attack import Attack, build_attack
+from mmrobust.attack import Attack, RandomStarts, build_attack
 from mmrobust.defense import Defense, TrainContext
 from mmrobust.model import Batch, logits_of
 from mmrobust.registry import register_defense
@@ -120,10 +120,18 @@ def adversarial_batch(model: nn.Module, batch: Batch, targets: tuple[str, ...], 
     was_training = model.training
     model.eval()
     try:
-        result = attack(model, batch, targets, eps, clean_logits=every_sample, generator=generator)
+        result = attack(model, batch, targets, eps, clean_logits=every_sample, starts=_starts(generator, len(labels)))
     finally:
         model.train(was_training)
     return {k: (v.detach() if k in targets else v) for k, v in result.batch.items()}
+
+
+def _starts(generator: torch.Generator | None, size: int) -> RandomStarts | None:
+    """Random starts for one training batch, seeded from the training context's generator."""
+    if generator is None:
+        return None
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    return RandomStarts.numbered(size, seed)
 
 
 class AdversarialTraining(Defense):

@@ -4,7 +4,11 @@
 that takes the batch dict; see :func:`mmrobust.api.evaluate`.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+from mmrobust import runtime as _runtime
+
+_runtime.pin()  # before torch runs its first kernel; see mmrobust/runtime.py
 
 
 def __getattr__(name: str):

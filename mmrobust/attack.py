@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import math
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -73,6 +74,40 @@ class AttackResult:
 
 
 @dataclass(frozen=True)
+class RandomStarts:
+    """Where each sample's random starts come from: (seed, sample id, restart), nothing else.
+
+    A sample's start does not depend on the batch it shares, its position, the
+    pool width or the chunking, so outcomes are the same at any batch size.
+    ``sample_ids`` are the samples' indices in the dataset (the protocol's
+    case) or any other stable ids.
+    """
+
+    seed: int
+    sample_ids: torch.Tensor  # (B,) int64
+
+    @classmethod
+    def numbered(cls, size: int, seed: int = 0) -> RandomStarts:
+        """Ids 0 … size−1: for a batch that is not part of a larger dataset."""
+        return cls(seed, torch.arange(size))
+
+    def seed_of(self, position: int, restart: int) -> int:
+        """The seed of the start of the sample at ``position`` of the batch in ``restart``."""
+        key = f"{self.seed}/{int(self.sample_ids[position])}/{restart}".encode()
+        return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+
+    def draw(self, position: int, restart: int, like: Mapping[str, torch.Tensor],
+             eps: Mapping[str, float]) -> dict[str, torch.Tensor]:
+        """Uniform noise in [−ε_m, ε_m] shaped like one sample of each modality in ``like``.
+
+        Drawn on the CPU in sorted modality order, so any device gets the same starts.
+        """
+        generator = torch.Generator().manual_seed(self.seed_of(position, restart))
+        return {m: torch.empty(like[m].shape, dtype=like[m].dtype).uniform_(-eps[m], eps[m], generator=generator)
+                for m in sorted(like)}
+
+
+@dataclass(frozen=True)
 class NoParams:
     """An attack without parameters."""
 
@@ -100,7 +135,7 @@ class Attack:
         eps: Eps,
         *,
         clean_logits: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
+        starts: RandomStarts | None = None,
         max_batch: int | None = None,
     ) -> AttackResult:
         """Attack ``targets`` of ``batch`` within ``eps``.
@@ -113,7 +148,8 @@ class Attack:
             targets: the modalities to perturb (non-empty).
             eps: one L∞ radius for every target, or one per target.
             clean_logits: (B, K) logits of the clean batch, if already computed.
-            generator: source of the random starts.
+            starts: source of each sample's random starts (default: seed 0,
+                ids 0 … B−1).
             max_batch: most samples run through the model at once (an
                 execution setting; results do not depend on it).
         """
@@ -226,24 +262,6 @@ def margin_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 # -- the native engine -----------------------------------------------------------
 
-def _random_start(batch: Batch, targets: Sequence[str], eps: Mapping[str, float],
-                  generator: torch.Generator | None) -> dict[str, torch.Tensor]:
-    """Uniform noise in [-ε_m, ε_m] over the whole batch, drawn in sorted modality order.
-
-    Drawn for every sample (attacked or not) so that a sample's start depends
-    only on the generator, not on which other samples are still in play. The
-    draw happens on the generator's device, so a CPU generator gives the same
-    starts on any device.
-    """
-    noise = {}
-    for m in sorted(targets):
-        x = batch[m]
-        device = generator.device if generator is not None else x.device
-        draw = torch.empty(x.shape, dtype=x.dtype, device=device).uniform_(-eps[m], eps[m], generator=generator)
-        noise[m] = draw.to(x.device)
-    return noise
-
-
 def sign_gradient_attack(
     model: nn.Module,
     batch: Batch,
@@ -258,7 +276,7 @@ def sign_gradient_attack(
     early_stop: bool = True,
     final_check: bool = True,
     clean_logits: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    starts: RandomStarts | None = None,
     max_batch: int | None = None,
 ) -> AttackResult:
     """Multimodal iterated sign-gradient ascent (FGSM, PGD, CW∞ are settings of it).
@@ -289,8 +307,8 @@ def sign_gradient_attack(
             only the samples misclassified clean. For adversarial training,
             which needs the examples, not the outcome.
         clean_logits: (B, K) clean logits if the caller has them.
-        generator: source of the random starts (drawn for the whole batch per
-            restart, so a sample's start does not depend on the pool).
+        starts: source of each sample's random start per restart (default:
+            seed 0, ids 0 … B−1); a start depends on its sample alone.
         max_batch: pool width (default: the whole batch).
     """
     targets = resolve_targets(batch, targets)
@@ -305,15 +323,16 @@ def sign_gradient_attack(
     width = size if max_batch is None else max(1, min(max_batch, size))
     device = fooled.device
     adversarial = {m: batch[m].clone() for m in targets}
-    starts: list[dict[str, torch.Tensor]] = []  # random starts per restart, drawn on first use
+    starts = starts if starts is not None else RandomStarts.numbered(size)
+    one_sample = {m: batch[m][0] for m in targets}
 
     def start_point(index: torch.Tensor, restart: int) -> dict[str, torch.Tensor]:
         clean = {m: batch[m][index] for m in targets}
         if not random_start:
             return clean
-        while len(starts) <= restart:
-            starts.append(_random_start(batch, targets, radius, generator))
-        return {m: torch.clamp(clean[m] + starts[restart][m][index], min=0, max=1) for m in targets}
+        noise = [starts.draw(i, restart, one_sample, radius) for i in index.tolist()]
+        return {m: torch.clamp(clean[m] + torch.stack([n[m] for n in noise]).to(device), min=0, max=1)
+                for m in targets}
 
     queue = (~fooled).nonzero().squeeze(1)  # samples waiting, in batch order
     restart_of = torch.zeros(size, dtype=torch.long, device=device)

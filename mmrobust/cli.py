@@ -11,12 +11,15 @@ import logging
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from mmrobust.config import RunConfig
 from mmrobust.registry import REGISTRIES, RegistryLoadError, UnknownNameError
+
+if TYPE_CHECKING:
+    from mmrobust.results import Record
 
 USER_ERRORS = (ValueError, FileNotFoundError, UnknownNameError, NotADirectoryError, PermissionError, RegistryLoadError)
 
@@ -86,11 +89,11 @@ def _names_option(value: str | None) -> tuple[str, ...] | None:
     return None if value is None else tuple(a.strip() for a in value.split(",") if a.strip())
 
 
-def format_metrics(record: dict[str, Any]) -> str:
+def format_metrics(record: Record) -> str:
     """The record as the paper's Table 2: one row per attack."""
     from tabulate import tabulate
 
-    metrics = record["metrics"]
+    metrics = record.metrics
     targets = [t for t in ("R", "S", "RS") if any(t in v for v in metrics["attacks"].values())]
     rows = []
     for attack, values in metrics["attacks"].items():
@@ -100,11 +103,11 @@ def format_metrics(record: dict[str, Any]) -> str:
     headers = ["attack", "✓RS", *[f"✗{t}" for t in targets], "Avg", "RI"]
     table = tabulate(rows, headers=headers, floatfmt=".2f")
     note = metrics.get("ri_reference", {}).get("note")
-    failed = [k for k, ok in record.get("flags", {}).get("sanity", {}).items() if not ok]
+    failed = [k for k, ok in record.flags.get("sanity", {}).items() if not ok]
     lines = [table]
     if note:
         lines.append(f"RI: {note}")
-    if record.get("flags", {}).get("surrogate_used"):
+    if record.flags.get("surrogate_used"):
         lines.append("robust accuracy counts the worse of the direct and the surrogate (BPDA) attack")
     if failed:
         lines.append(f"sanity checks failed: {', '.join(failed)}")
@@ -193,14 +196,12 @@ def run(ctx: click.Context, modalities: str | None, defense_params: tuple[str, .
     _report(record, directory)
 
 
-def _report(record: dict[str, Any], directory: Path) -> None:
-    from mmrobust.run import record_name
-
-    click.echo(f"{record['dataset']} / {record['defense']} / {record['preset']} ({'+'.join(record['modalities'])}), "
-               f"{record['protocol']}, {record['data']['test_size']} test clips: "
-               f"clean accuracy {record['metrics']['clean']:.2f}%")
+def _report(record: Record, directory: Path) -> None:
+    click.echo(f"{record.dataset} / {record.defense} / {record.preset} ({'+'.join(record.modalities)}), "
+               f"{record.protocol}, {record.data['test_size']} test clips: "
+               f"clean accuracy {record.metrics['clean']:.2f}%")
     click.echo(format_metrics(record))
-    click.echo(f"record: {directory / record_name(record['protocol'])}")
+    click.echo(f"record: {record.path}")
 
 
 # -- eval ---------------------------------------------------------------------
@@ -362,7 +363,7 @@ def leaderboard(dataset: str | None, protocol: str, attack: str, fmt: str, sourc
         records = load_records(paths)
     for warning in caught:
         click.echo(f"warning: {warning.message}", err=True)
-    datasets = [dataset] if dataset else sorted({r["dataset"] for r in records if r.get("protocol") == protocol})
+    datasets = [dataset] if dataset else sorted({r.dataset for r in records if r.protocol == protocol})
     if not datasets:
         raise click.ClickException(f"no {protocol} records found under {', '.join(map(str, paths)) or 'runs/'}; "
                                    "run `mmrobust run` first")
@@ -393,7 +394,10 @@ def sweep(dataset: str, defenses: str | None, preset: str, seed: int, device: st
     """Run every defense on one dataset, then write its leaderboard with the records behind it.
 
     Finished runs are kept (their record is reused), killed ones resume, so the
-    command can be re-run until everything is done. A finished run of other data
+    command can be re-run until everything is done. Last, it writes
+    <out>/<dataset>/canary.json: short exact runs of every defense and the
+    digests of the records, which the test suite checks so that a change that
+    moves any number cannot land beside records that still show the old ones. A finished run of other data
     (an older synthetic generator, say) is refused, never mixed in: move it
     away or pass another --runs folder.
 
@@ -404,8 +408,10 @@ def sweep(dataset: str, defenses: str | None, preset: str, seed: int, device: st
     import shutil
     import time
 
+    from mmrobust import canary
     from mmrobust.leaderboard import build_table, load_records, render, write_leaderboard
     from mmrobust.registry import DEFENSES
+    from mmrobust.results import Record
     from mmrobust.run import check_run_dir, default_run_dir, execute, load_data, record_name, resume_state
 
     names = list(_names_option(defenses) or DEFENSES.names())
@@ -420,7 +426,7 @@ def sweep(dataset: str, defenses: str | None, preset: str, seed: int, device: st
         record_path = directory / record_name(config.protocol)
         if record_path.is_file():
             fingerprint = fingerprint or load_data(config, progress=not quiet).fingerprint
-            stored = json.loads(record_path.read_text()).get("data", {}).get("fingerprint")
+            stored = Record.load(record_path).fingerprint
             if stored != fingerprint:
                 raise click.ClickException(
                     f"{directory} holds a finished run of other data (fingerprint {stored}, the data now is "
@@ -437,11 +443,70 @@ def sweep(dataset: str, defenses: str | None, preset: str, seed: int, device: st
             click.echo(f"{name}: done in {time.perf_counter() - started:.0f} s", err=True)
         records_dir.mkdir(parents=True, exist_ok=True)
         stem = directory.name
-        shutil.copyfile(directory / record_name(config.protocol), records_dir / f"{stem}.json")
-        shutil.copyfile(directory / "outcomes.npz", records_dir / f"{stem}.outcomes.npz")
+        record = Record.load(directory / record_name(config.protocol))
+        shutil.copyfile(directory / record.evaluation["outcomes"], records_dir / f"{stem}.outcomes.npz")
+        record.replace(evaluation={**record.evaluation, "outcomes": f"{stem}.outcomes.npz"}).save(
+            records_dir / f"{stem}.json")
     table = build_table(load_records([records_dir]), dataset)
     write_leaderboard(table, out, dataset, "standard-v1")
     click.echo(render(table, "md"))
+    click.echo("canaries: short exact runs of every defense, checked by the tests against these records", err=True)
+    canary.write(Path(out) / dataset, names, dataset, preset)
+
+
+# -- reproduce --------------------------------------------------------------------
+
+@cli.command()
+@click.argument("record_file", metavar="RECORD", type=click.Path(dir_okay=False))
+@click.option("--run-dir", default=None, type=click.Path(file_okay=False),
+              help="Where the re-run goes [default: a temporary folder, removed afterwards].")
+@click.option("--tolerance", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="Percentage points each metric may move when the environment differs from the record's; "
+                   "on the record's own environment every number must be equal.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def reproduce(record_file: str, run_dir: str | None, tolerance: float, quiet: bool) -> None:
+    """Re-run a result record from scratch and compare every metric with the stored one.
+
+    Trains and evaluates the record's configuration again with the record's
+    thread count, then prints each metric beside the stored one. On the
+    environment the record names (machine, kernels, threads, torch) every
+    metric and every per-sample outcome must be identical; elsewhere each
+    metric may move by --tolerance points, and the differences are named.
+    Exit status 0 only when everything matches.
+
+    \b
+    Examples:
+      mmrobust reproduce leaderboards/synthetic/records/amr-tiny-s0.json
+      mmrobust reproduce runs/synthetic/none-tiny-s0/result.json --run-dir /tmp/again
+    """
+    import shutil
+    import tempfile
+
+    from tabulate import tabulate
+
+    from mmrobust.run import reproduce as rerun
+
+    target = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="mmrobust-reproduce-")) / "run"
+    try:
+        comparison = rerun(Path(record_file), target, tolerance=tolerance, progress=not quiet)
+    finally:
+        if run_dir is None:
+            shutil.rmtree(target.parent, ignore_errors=True)
+    rows = [(name, stored, again, "" if ok else "✗") for name, stored, again, ok in comparison.rows]
+    click.echo(tabulate(rows, headers=["metric", "stored", "reproduced", ""], floatfmt=".4f"))
+    if comparison.environment:
+        click.echo("environment differs from the record's: " + "; ".join(comparison.environment))
+        click.echo(f"tolerance: {comparison.tolerance:g} percentage points per metric")
+    else:
+        click.echo("environment: the record's own (bit-exact comparison)")
+    if comparison.outcome_mismatches is not None:
+        click.echo(f"per-sample outcomes differing: {comparison.outcome_mismatches}")
+    failed = [name for name, *_, ok in comparison.rows if not ok]
+    if not comparison.matches:
+        detail = f"{len(failed)} metric(s) differ ({', '.join(failed[:5])})" if failed else \
+            f"{comparison.outcome_mismatches} per-sample outcomes differ"
+        raise click.ClickException(f"{record_file} does not reproduce: {detail}")
+    click.echo(f"{record_file} reproduces: {len(comparison.rows)} metrics match")
 
 
 # -- amr-weights ----------------------------------------------------------------

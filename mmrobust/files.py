@@ -13,8 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-RECORD_SCHEMA = 2
-
 
 def _umask() -> int:
     mask = os.umask(0)

@@ -12,7 +12,6 @@ the paper's own PGD20 numbers are appended as rows marked ``reported``.
 
 from __future__ import annotations
 
-import datetime
 import html
 import json
 import os
@@ -26,10 +25,9 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from mmrobust.files import RECORD_SCHEMA, write_text
+from mmrobust.files import write_text
 from mmrobust.metrics import WORST, relative_improvement
-
-SOURCE_KEY = "_source"  # added by load_records: {"path": str, "mtime": float}
+from mmrobust.results import Record, RecordError, find_reference, is_run_record
 
 # AMR paper, Table 2: accuracy (%) under PGD20 (ε = 8/255, α = 2/255), I3D + HCN,
 # NTU RGB+D 60 cross-subject and iMiGUE cross-subject. Columns as REPORTED_FIELDS.
@@ -88,51 +86,26 @@ def _candidate_files(path: Path) -> list[Path]:
         subfolders[:] = [name for name in subfolders if not name.startswith(".")]
         in_records = "records" in Path(folder).relative_to(path).parts or path.name == "records"
         found += [Path(folder) / name for name in files
-                  if _is_run_record(name) or (in_records and name.endswith(".json"))]
+                  if is_run_record(name) or (in_records and name.endswith(".json"))]
     return sorted(found)
 
 
-def _is_run_record(name: str) -> bool:
-    """``result.json`` (standard protocol) or ``result-<protocol>.json`` (any other) in a run folder."""
-    return name == "result.json" or (name.startswith("result-") and name.endswith(".json"))
-
-
-def _read_record(path: Path) -> dict[str, Any]:
-    """The record in ``path``; ValueError with a one-line reason if it is not a usable one."""
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: unreadable ({error})") from None
-    if not isinstance(record, dict) or not isinstance(record.get("schema"), int):
-        raise ValueError(f"{path}: not a result record (no integer 'schema' field)")
-    if record["schema"] < RECORD_SCHEMA:
-        run_dir = path.parent if _is_run_record(path.name) else "DIR"
-        raise ValueError(f"{path}: record schema {record['schema']} is older than {RECORD_SCHEMA}; "
-                         f"re-run `mmrobust eval --run-dir {run_dir}` to rewrite it")
-    if record["schema"] > RECORD_SCHEMA:
-        raise ValueError(f"{path}: record schema {record['schema']} is newer than {RECORD_SCHEMA}; "
-                         "upgrade mmrobust to read it")
-    missing = [key for key in ("dataset", "defense", "metrics") if key not in record]
-    if missing:
-        raise ValueError(f"{path}: result record lacks {', '.join(missing)}")
-    return record
-
-
-def load_records(paths: Iterable[str | Path], strict: bool = False) -> list[dict[str, Any]]:
-    """Result records from files and folders, each tagged with where it came from.
+def load_records(paths: Iterable[str | Path], strict: bool = False) -> list[Record]:
+    """Result records from files and folders.
 
     A folder is searched recursively for run records (``result.json``,
     ``result-<protocol>.json``) and for ``*.json`` files inside any ``records/``
-    folder. Every record gets a ``_source`` entry (``path``: the run folder of
-    a run record, else the file; ``mtime``: the file's).
+    folder. Each record's ``source`` is its run folder for a run record, else
+    its file.
 
     Args:
         paths: result files or folders; a path that does not exist raises
             FileNotFoundError.
-        strict: raise ValueError on the first unusable file instead of warning
-            (RecordWarning) and skipping it. Unusable: unreadable, not a record,
-            or a schema other than this version's (old ones name the
-            ``mmrobust eval`` command that rewrites them).
+        strict: raise :class:`~mmrobust.results.RecordError` on the first
+            unusable file instead of warning (RecordWarning) and skipping it.
+            Unusable: unreadable, not a record, or a schema other than this
+            version's (old ones name the ``mmrobust eval`` command that
+            rewrites them).
     """
     records, seen = [], set()
     for path in map(Path, paths):
@@ -141,76 +114,46 @@ def load_records(paths: Iterable[str | Path], strict: bool = False) -> list[dict
                 continue
             seen.add(file.resolve())
             try:
-                record = _read_record(file)
-            except ValueError as error:
+                records.append(Record.load(file))
+            except RecordError as error:
                 if strict:
                     raise
                 warnings.warn(str(error), RecordWarning, stacklevel=2)
-                continue
-            source = file.parent if _is_run_record(file.name) else file
-            record[SOURCE_KEY] = {"path": source.as_posix(), "mtime": file.stat().st_mtime}
-            records.append(record)
     return records
 
 
 # -- the table ------------------------------------------------------------------
 
-def _modalities(record: Mapping[str, Any]) -> str:
-    return "+".join(record.get("modalities") or [])
+def _modalities(record: Record) -> str:
+    return "+".join(record.modalities)
 
 
-def _identity(record: Mapping[str, Any]) -> tuple[str, str, str, str]:
-    """What makes two records the same model: defense, preset, modalities, split."""
-    return record["defense"], str(record.get("preset")), _modalities(record), str(record.get("split"))
+def _identity(record: Record) -> tuple[str, str, str, str, str]:
+    """What makes two records the same model: defense, preset, modalities, split, training seed."""
+    return record.defense, str(record.preset), _modalities(record), str(record.split), str(record.seed)
 
 
-def _data(record: Mapping[str, Any]) -> str:
-    return str((record.get("data") or {}).get("fingerprint"))
-
-
-def _finished_at(record: Mapping[str, Any]) -> float:
-    """When the record was written: ``provenance.finished_at`` (ISO 8601 or epoch seconds), else file mtime."""
-    stamp = (record.get("provenance") or {}).get("finished_at")
-    if isinstance(stamp, (int, float)):
-        return float(stamp)
-    if isinstance(stamp, str):
-        try:
-            moment = datetime.datetime.fromisoformat(stamp)
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=datetime.timezone.utc)
-            return moment.timestamp()
-        except ValueError:
-            pass
-    return float((record.get(SOURCE_KEY) or {}).get("mtime", 0.0))
-
-
-def _source_path(record: Mapping[str, Any]) -> str:
-    """Where a record came from (empty for one built in memory)."""
-    return (record.get(SOURCE_KEY) or {}).get("path", "")
-
-
-def _newest_per_model(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+def _newest_per_model(records: list[Record]) -> tuple[list[Record], list[str]]:
     """One record per model identity (the newest), and a note for each identity that had several."""
-    groups: dict[tuple, list[dict[str, Any]]] = {}
+    groups: dict[tuple, list[Record]] = {}
     for record in records:
         groups.setdefault(_identity(record), []).append(record)
     kept, notes = [], []
     for identity, group in groups.items():
-        group.sort(key=lambda r: (_finished_at(r), _source_path(r)), reverse=True)
+        group.sort(key=lambda r: (r.finished_at(), r.source), reverse=True)
         kept.append(group[0])
         if len(group) > 1:
-            ignored = ", ".join(sorted(_source_path(r) for r in group[1:]))
-            notes.append(f"{len(group)} records of {' / '.join(identity)}; kept the newest, "
-                         f"{_source_path(group[0])}; ignored {ignored}")
+            ignored = ", ".join(sorted(r.source for r in group[1:]))
+            notes.append(f"{len(group)} records of {' / '.join(identity[:4])} / seed {identity[4]}; kept the "
+                         f"newest, {group[0].source}; ignored {ignored}")
     return kept, sorted(notes)
 
 
-def _flags(record: Mapping[str, Any], common_settings: str | None) -> str:
-    flags = record.get("flags") or {}
+def _flags(record: Record, common_settings: str | None) -> str:
     marks = []
-    if flags.get("surrogate_used"):
+    if record.flags.get("surrogate_used"):
         marks.append("surrogate")
-    failed = sorted(name for name, passed in (flags.get("sanity") or {}).items() if passed is False)
+    failed = sorted(name for name, passed in (record.flags.get("sanity") or {}).items() if passed is False)
     if failed:
         marks.append(f"sanity!({','.join(failed)})")
     if common_settings is not None and _settings_key(record) != common_settings:
@@ -218,8 +161,8 @@ def _flags(record: Mapping[str, Any], common_settings: str | None) -> str:
     return " ".join(marks)
 
 
-def _settings_key(record: Mapping[str, Any]) -> str:
-    return json.dumps(record.get("protocol_settings"), sort_keys=True)
+def _settings_key(record: Record) -> str:
+    return json.dumps(record.protocol_settings, sort_keys=True)
 
 
 def _value(entry: Mapping[str, Any] | None, key: str) -> float:
@@ -227,25 +170,24 @@ def _value(entry: Mapping[str, Any] | None, key: str) -> float:
     return float(value) if isinstance(value, (int, float)) else np.nan
 
 
-def _measured_row(record: Mapping[str, Any], attack: str, reference: Mapping[str, Any] | None,
-                  common_settings: str | None) -> dict[str, Any]:
-    metrics = record["metrics"]
+def _measured_row(record: Record, attack: str, reference: Record | None, common_settings: str | None) -> dict[str, Any]:
+    metrics = record.metrics
     entry = (metrics.get("attacks") or {}).get(attack)
-    row = {"defense": record["defense"], "modalities": _modalities(record), "preset": record.get("preset"),
-           "split": record.get("split"), "✓RS": _value(metrics, "clean")}
+    row = {"defense": record.defense, "modalities": _modalities(record), "preset": record.preset,
+           "split": record.split, "✓RS": _value(metrics, "clean")}
     for target, column in TARGET_COLUMNS.items():
         row[column] = _value(entry, target)
     row["Avg"] = _value(entry, "avg")
     row["RI"] = np.nan
     if reference is not None:
-        reference_entry = (reference["metrics"].get("attacks") or {}).get(attack)
+        reference_entry = (reference.metrics.get("attacks") or {}).get(attack)
         if entry is not None and reference_entry is not None:
-            row["RI"] = relative_improvement(row["✓RS"], row["Avg"], _value(reference["metrics"], "clean"),
+            row["RI"] = relative_improvement(row["✓RS"], row["Avg"], _value(reference.metrics, "clean"),
                                              _value(reference_entry, "avg"))
     row["Worst Avg"] = _value((metrics.get("attacks") or {}).get(WORST), "avg")
     row["flags"] = _flags(record, common_settings)
     row["source"] = "measured"
-    row["run"] = _source_path(record)
+    row["run"] = record.source
     return row
 
 
@@ -269,13 +211,14 @@ def _reported_rows(dataset: str) -> list[dict[str, Any]]:
     return rows
 
 
-def build_table(records: Iterable[Mapping[str, Any]], dataset: str, protocol: str = "standard-v1",
+def build_table(records: Iterable[Record], dataset: str, protocol: str = "standard-v1",
                 attack: str = "pgd20") -> pd.DataFrame:
     """The leaderboard of ``dataset`` under ``protocol``, for one attack.
 
     Only records of exactly that dataset and protocol name are used. RI is
     recomputed against the ``none`` record of the same preset, split and
-    modalities (empty when there is none). Rows are sorted by Avg, then ✓RS,
+    modalities, data and training seed (:func:`~mmrobust.results.find_reference`;
+    empty when there is none). Rows are sorted by Avg, then ✓RS,
     both descending; the paper's reported rows (NTU RGB+D and iMiGUE,
     standard-v1, PGD20 only) follow in the paper's order. Where several
     records describe the same model, the newest is kept.
@@ -283,8 +226,8 @@ def build_table(records: Iterable[Mapping[str, Any]], dataset: str, protocol: st
     ``table.attrs`` holds ``dataset``, ``protocol``, ``attack`` and
     ``footnotes`` (a list of str), which :func:`render` prints under the table.
     """
-    chosen = [dict(r) for r in records if r.get("dataset") == dataset and r.get("protocol") == protocol]
-    chosen.sort(key=_source_path)
+    chosen = [r for r in records if r.dataset == dataset and r.protocol == protocol]
+    chosen.sort(key=lambda r: r.source)
     chosen, footnotes = _newest_per_model(chosen)
 
     settings = Counter(_settings_key(r) for r in chosen)
@@ -292,10 +235,7 @@ def build_table(records: Iterable[Mapping[str, Any]], dataset: str, protocol: st
     if common_settings is not None:
         footnotes.append("settings!: protocol_settings differ from those of most records "
                          "under the same protocol name")
-    # RI compares with `none` trained and tested on exactly the same data.
-    references = {(*_identity(r)[1:], _data(r)): r for r in chosen if r["defense"] == "none"}
-    rows = [_measured_row(r, attack, references.get((*_identity(r)[1:], _data(r))), common_settings)
-            for r in chosen]
+    rows = [_measured_row(r, attack, find_reference(r, chosen), common_settings) for r in chosen]
     rows.sort(key=_rank)
     if protocol == REPORTED_PROTOCOL and attack == REPORTED_ATTACK:
         rows += _reported_rows(dataset)
@@ -311,7 +251,7 @@ def _caption(table: pd.DataFrame) -> str:
     attrs = table.attrs
     return (f"{attrs.get('dataset', '?')}, protocol {attrs.get('protocol', '?')}: accuracy (%) under "
             f"{attrs.get('attack', '?')}; Worst Avg is the Avg of the worst case over all attacks; "
-            "RI against `none` of the same preset, split and modalities.")
+            "RI against `none` of the same preset, split, modalities, data and training seed.")
 
 
 def _md_cell(value: Any) -> str:

@@ -25,24 +25,21 @@ so its numbers are never ranked against ``standard-v1``.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from mmrobust.attack import build_attack, take
+from mmrobust.attack import RandomStarts, build_attack, take
 from mmrobust.datasets.base import Split
 from mmrobust.model import logits_of
-from mmrobust.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -136,13 +133,18 @@ def target_sets(modalities: Sequence[str]) -> dict[str, tuple[str, ...]]:
     return sets
 
 
+OutcomeStore = MutableMapping[str, np.ndarray]  # "labels", "clean", "<attack>/<target>" -> per-sample arrays
+
+
 @dataclass
 class Evaluation:
     """Per-sample outcomes of one protocol run.
 
     ``clean[i]`` and ``robust[attack][target][i]`` are True where sample i is
     classified correctly. ``audit`` holds the sanity checks, ``cost`` the
-    forward/backward passes spent and the wall time.
+    forward/backward passes spent and the wall time. ``disagreements`` counts
+    the samples whose re-classified adversarial example contradicts the
+    attack's own verdict (0 for a sound attack on a deterministic model).
     """
 
     protocol: Protocol
@@ -152,25 +154,27 @@ class Evaluation:
     audit: dict[str, bool] = field(default_factory=dict)
     cost: dict[str, float] = field(default_factory=dict)
     surrogate_used: bool = False
+    disagreements: int = 0
 
 
 def evaluate(model: nn.Module, data: Split, protocol: Protocol = STANDARD_V1, *,
              modalities: Sequence[str] | None = None, batch_size: int = 64,
              device: torch.device | str = "cpu", surrogate: nn.Module | None = None,
-             state_path: str | Path | None = None, data_id: str = "", progress: bool = False) -> Evaluation:
+             store: OutcomeStore | None = None, progress: bool = False) -> Evaluation:
     """Run ``protocol`` on every sample of ``data``.
 
     Args:
         model: takes the batch dict, returns logits or a ModelOutput.
         data: the test split.
         modalities: the model's inputs (default: the model's, else the split's).
-        batch_size: samples run through the model at once; random starts are
-            drawn per chunk of ``CHUNK_BATCHES`` batches, so they depend on it.
+        batch_size: samples run through the model at once. Outcomes do not
+            depend on it: each sample's random starts come from (protocol seed,
+            sample index, restart).
         surrogate: a differentiable stand-in (BPDA); attacked as well.
-        state_path: an ``.npz`` that keeps finished cells, so an interrupted
-            evaluation resumes where it stopped.
-        data_id: identifies the data (a fingerprint); stored cells of other
-            data are not reused.
+        store: where outcomes go as they are finished (``labels``, ``clean``,
+            ``<attack>/<target>``); a cell already in it is not attacked again,
+            so an interrupted evaluation resumes. The caller keys it to the
+            model, data and protocol (:class:`mmrobust.results.OutcomeStore`).
     """
     from tqdm.auto import tqdm
 
@@ -178,62 +182,79 @@ def evaluate(model: nn.Module, data: Split, protocol: Protocol = STANDARD_V1, *,
     modalities = tuple(modalities or getattr(model, "modalities", ()) or data.modalities)
     targets = target_sets(modalities)
     cells = [(setting, code) for setting in protocol.attacks for code in targets]
-    state = _CellStore(state_path, protocol, len(data), data_id)
+    store = {} if store is None else store
     started = time.perf_counter()
 
     with _frozen_eval(model), _frozen_eval(surrogate):
         clean_logits, labels = _clean_logits(model, data, modalities, batch_size, device)
         clean = (clean_logits.argmax(1) == labels).numpy()
+        if "clean" in store and not np.array_equal(store["clean"], clean):
+            raise ValueError("the outcome store's clean outcomes differ from this model's; it belongs to "
+                             "another model or data")
+        store["labels"], store["clean"] = labels.numpy(), clean
         surrogate_logits = (_clean_logits(surrogate, data, modalities, batch_size, device)[0]
                             if surrogate is not None else None)
         cost = {"gradient_passes": 0, "forward_passes": len(data) * (2 if surrogate is not None else 1)}
-        audit = _sanity_checks(model, data, modalities, device, cost)
+        audit = _sanity_checks(model, data, modalities, device, cost, protocol.seed)
         bar = tqdm(total=len(cells) * len(data), disable=None if progress else True, unit="clip",
                    desc="evaluating", dynamic_ncols=True, leave=False)
         robust: dict[str, dict[str, np.ndarray]] = {}
-        for index, (setting, code) in enumerate(cells):
-            done = state.get(setting.key, code)
+        disagreements = 0
+        for setting, code in cells:
+            key = f"{setting.key}/{code}"
+            done = store.get(key)
             if done is None:
-                generator = torch.Generator().manual_seed(protocol.seed * 1_000_003 + index)
-                done = _attack_cell(model, surrogate, setting, targets[code], data, modalities, protocol.eps,
-                                    clean_logits, surrogate_logits, batch_size, device, generator, audit, cost,
-                                    bar)
-                state.put(setting.key, code, done)
+                done, disagreed = _attack_cell(model, surrogate, setting, targets[code], data, modalities,
+                                               protocol, clean_logits, surrogate_logits, batch_size, device,
+                                               audit, cost, bar)
+                disagreements += disagreed
+                store[key] = done
             else:
                 bar.update(len(data))
             robust.setdefault(setting.key, {})[code] = done
         bar.close()
+    audit["verdicts_confirmed"] = disagreements == 0
     cost["seconds"] = time.perf_counter() - started
-    return Evaluation(protocol, labels.numpy(), clean, robust, audit, cost, surrogate is not None)
+    return Evaluation(protocol, labels.numpy(), clean, robust, audit, cost, surrogate is not None, disagreements)
 
 
-def _attack_cell(model, surrogate, setting, targets, data, modalities, eps, clean_logits, surrogate_logits,
-                 batch_size, device, generator, audit, cost, bar) -> np.ndarray:
-    """Robust (True) / fooled (False) per sample for one attack on one target set."""
+def _attack_cell(model, surrogate, setting, targets, data, modalities, protocol, clean_logits, surrogate_logits,
+                 batch_size, device, audit, cost, bar) -> tuple[np.ndarray, int]:
+    """Robust (True) / fooled (False) per sample for one attack on one target set.
+
+    A sample counts as fooled only if the model, run again on the example the
+    attack returned, misclassifies it (as RobustBench does); the second value
+    is the number of samples where that differs from the attack's own verdict.
+    """
     attack = setting.build()
     robust = np.zeros(len(data), dtype=bool)
+    disagreements = 0
     # Samples stream through the attack's pool of batch_size; a chunk of several
     # batches keeps the pool full while early-stopped samples leave.
     chunk = batch_size * CHUNK_BATCHES
     for start in range(0, len(data), chunk):
         index = np.arange(start, min(start + chunk, len(data)))
         batch = _to(data.batch(index, modalities), device)
-        result = attack(model, batch, targets, eps, clean_logits=clean_logits[index].to(device),
-                        generator=generator, max_batch=batch_size)
-        fooled = result.fooled
-        _audit_batch(batch, result.batch, targets, eps, audit)
+        starts = RandomStarts(protocol.seed, torch.from_numpy(index))
+        result = attack(model, batch, targets, protocol.eps, clean_logits=clean_logits[index].to(device),
+                        starts=starts, max_batch=batch_size)
+        fooled = _predict(model, result.batch, batch_size) != batch["label"]
+        disagreements += int((fooled != result.fooled).sum())
+        _audit_batch(data, index, modalities, batch, result.batch, targets, protocol.eps, batch_size, device,
+                     audit)
         cost["gradient_passes"] += result.gradient_passes
-        cost["forward_passes"] += result.forward_passes
+        cost["forward_passes"] += result.forward_passes + len(index)
         if surrogate is not None:
-            transfer = attack(surrogate, batch, targets, eps, clean_logits=surrogate_logits[index].to(device),
-                              generator=generator, max_batch=batch_size)
-            _audit_batch(batch, transfer.batch, targets, eps, audit)
+            transfer = attack(surrogate, batch, targets, protocol.eps,
+                              clean_logits=surrogate_logits[index].to(device), starts=starts, max_batch=batch_size)
+            _audit_batch(data, index, modalities, batch, transfer.batch, targets, protocol.eps, batch_size,
+                         device, audit)
             fooled = fooled | (_predict(model, transfer.batch, batch_size) != batch["label"])
             cost["gradient_passes"] += transfer.gradient_passes
             cost["forward_passes"] += transfer.forward_passes + len(index)
-        robust[index] = ~fooled.cpu().numpy()
+        robust[index] = ~fooled.cpu().numpy() & (clean_logits[index].argmax(1) == batch["label"].cpu()).numpy()
         bar.update(len(index))
-    return robust
+    return robust, disagreements
 
 
 @torch.no_grad()
@@ -250,7 +271,7 @@ def _to(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, to
 @torch.no_grad()
 def _clean_logits(model: nn.Module, data: Split, modalities, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     logits, labels = [], []
-    for batch in data.batches(batch_size * 2, modalities=modalities):
+    for batch in data.batches(batch_size, modalities=modalities):
         logits.append(logits_of(model(_to(batch, device))).float().cpu())
         labels.append(batch["label"])
     return torch.cat(logits), torch.cat(labels)
@@ -275,19 +296,29 @@ class _frozen_eval:
                 p.requires_grad_(flag)
 
 
-def _audit_batch(clean: Mapping[str, torch.Tensor], adversarial: Mapping[str, torch.Tensor],
-                 targets: Sequence[str], eps: float, audit: dict[str, bool]) -> None:
-    """Every perturbation within its ball and [0, 1]; untargeted inputs bit-identical."""
-    within = all(
-        float((adversarial[m] - clean[m]).abs().max()) <= eps + 1e-6
-        and float(adversarial[m].min()) >= 0.0 and float(adversarial[m].max()) <= 1.0
-        for m in targets)
-    untouched = all(torch.equal(adversarial[m], clean[m]) for m in clean if m not in targets)
-    audit["within_budget"] = audit.get("within_budget", True) and within
-    audit["untargeted_untouched"] = audit.get("untargeted_untouched", True) and untouched
+def _audit_batch(data: Split, index: np.ndarray, modalities, given: Mapping[str, torch.Tensor],
+                 adversarial: Mapping[str, torch.Tensor], targets: Sequence[str], eps: float, batch_size: int,
+                 device, audit: dict[str, bool]) -> None:
+    """Against a fresh copy of the clean inputs: every perturbation inside its ball and [0, 1];
+    untargeted inputs bit-identical; and the input the attack was given not changed in place."""
+    within, untouched = True, True
+    for start in range(0, len(index), batch_size):
+        part = slice(start, start + batch_size)
+        clean = _to(data.batch(index[part], modalities), device)
+        for m in modalities:
+            returned = adversarial[m][part]
+            if m in targets:
+                within &= (float((returned - clean[m]).abs().max()) <= eps + 1e-6
+                           and float(returned.min()) >= 0.0 and float(returned.max()) <= 1.0)
+            else:
+                untouched &= torch.equal(returned, clean[m])
+            untouched &= torch.equal(given[m][part], clean[m])
+    audit["within_budget"] = audit.get("within_budget", True) and bool(within)
+    audit["untargeted_untouched"] = audit.get("untargeted_untouched", True) and bool(untouched)
 
 
-def _sanity_checks(model: nn.Module, data: Split, modalities, device, cost: dict[str, float]) -> dict[str, bool]:
+def _sanity_checks(model: nn.Module, data: Split, modalities, device, cost: dict[str, float],
+                   seed: int) -> dict[str, bool]:
     """Checks on the first batch that expose broken or gradient-masked models (passes added to ``cost``)."""
     batch = _to(data.batch(np.arange(min(32, len(data))), modalities), device)
     with torch.no_grad():
@@ -298,9 +329,9 @@ def _sanity_checks(model: nn.Module, data: Split, modalities, device, cost: dict
         grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
     gradients_ok = all(g is not None and bool(torch.isfinite(g).all()) and bool(g.abs().sum() > 0) for g in grads)
     # A large budget must break any model; if it does not, gradients are masked.
-    huge = build_attack("pgd", steps=10, rel_step=0.25)(model, batch, modalities, 0.5,
-                                                        generator=torch.Generator().manual_seed(0))
     n = len(batch["label"])
+    huge = build_attack("pgd", steps=10, rel_step=0.25)(model, batch, modalities, 0.5,
+                                                        starts=RandomStarts.numbered(n, seed))
     cost["forward_passes"] += 2 * n + huge.forward_passes
     cost["gradient_passes"] += n + huge.gradient_passes
     return {"forward_deterministic": deterministic, "gradients_finite_nonzero": gradients_ok,
@@ -309,46 +340,3 @@ def _sanity_checks(model: nn.Module, data: Split, modalities, device, cost: dict
 
 def result_accuracy(fooled: torch.Tensor) -> float:
     return 100.0 * float((~fooled).float().mean())
-
-
-class _CellStore:
-    """Finished cells on disk (``.npz``), rewritten atomically after each cell."""
-
-    def __init__(self, path: str | Path | None, protocol: Protocol, size: int, data_id: str):
-        self.path = Path(path) if path else None
-        self.settings = json.dumps({"protocol": protocol.name, "settings": protocol.settings(), "n": size,
-                                    "data": data_id}, sort_keys=True)
-        self.cells: dict[str, np.ndarray] = {}
-        if self.path is not None and self.path.exists():
-            try:
-                with np.load(self.path) as archive:
-                    if archive["settings"].tobytes().decode() == self.settings:
-                        self.cells = {k: archive[k] for k in archive.files if k != "settings"}
-                    else:
-                        log.warning("%s holds outcomes of other settings; starting afresh", self.path)
-            except Exception as error:  # an unreadable state is recomputed, never trusted
-                log.warning("ignoring unreadable evaluation state %s (%s)", self.path, error)
-
-    def get(self, key: str, code: str) -> np.ndarray | None:
-        return self.cells.get(f"{key}/{code}")
-
-    def put(self, key: str, code: str, robust: np.ndarray) -> None:
-        self.cells[f"{key}/{code}"] = robust
-        if self.path is not None:
-            save_outcomes(self.path, self.settings, self.cells)
-
-
-def save_outcomes(path: Path, settings: str, arrays: Mapping[str, np.ndarray]) -> None:
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, settings=np.frombuffer(settings.encode(), dtype=np.uint8), **arrays)
-    atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
-
-
-def outcome_arrays(evaluation: Evaluation) -> dict[str, np.ndarray]:
-    """Everything per sample, flat: labels, clean, and one array per cell."""
-    arrays = {"labels": evaluation.labels, "clean": evaluation.clean}
-    for key, per_target in evaluation.robust.items():
-        for code, robust in per_target.items():
-            arrays[f"{key}/{code}"] = robust
-    return arrays
-

@@ -22,14 +22,15 @@ import torch
 from mmrobust.config import RunConfig
 from mmrobust.datasets.base import DatasetBundle
 from mmrobust.defense import Defense, TrainContext, build_defense
-from mmrobust.files import RECORD_SCHEMA, write_json
-from mmrobust.leaderboard import load_records
+from mmrobust import runtime
+from mmrobust.files import write_json
 from mmrobust.metrics import fill_ri, robust_metrics
 from mmrobust.model import MultimodalNet, unimodal_modalities
 from mmrobust.presets import get_preset, model_for
 from mmrobust.protocol import STANDARD_V1, Protocol, evaluate, get_protocol
 from mmrobust.registry import DATASETS
-from mmrobust.results import provenance, save_torch
+from mmrobust.results import (REFERENCE_DEFENSE, OutcomeStore, Record, RecordError, find_reference, outcome_key,
+                              provenance, read_outcomes, records_beside, save_torch)
 from mmrobust.training import CHECKPOINT_FORMAT, load_checkpoint, load_model_state, resolve_device, train
 
 log = logging.getLogger(__name__)
@@ -133,68 +134,51 @@ def save_final_model(model: torch.nn.Module, config: RunConfig, run_dir: Path) -
 
 
 def evaluate_experiment(exp: Experiment, run_dir: Path, protocol: Protocol, *, training: dict[str, Any] | None,
-                        started: float, progress: bool = True) -> dict[str, Any]:
-    """Run the protocol on the test split; write outcomes and the record."""
+                        started: float, progress: bool = True) -> Record:
+    """Run the protocol on the test split; write the outcomes and the record."""
     config = exp.config
     suffix = "" if protocol.name == STANDARD_V1.name else f"-{protocol.name}"
+    outcomes = f"outcomes{suffix}.npz"
+    store = OutcomeStore(run_dir / outcomes, outcome_key(exp.model, protocol, exp.data.fingerprint,
+                                                           len(exp.data.test)))
     evaluation = evaluate(exp.model, exp.data.test, protocol, modalities=config.modalities,
                           batch_size=config.eval_batch_size, device=exp.device,
-                          surrogate=exp.defense.surrogate(exp.model), state_path=run_dir / f"outcomes{suffix}.npz",
-                          data_id=exp.data.fingerprint, progress=progress)
+                          surrogate=exp.defense.surrogate(exp.model), store=store, progress=progress)
     metrics = robust_metrics(evaluation.clean, evaluation.robust)
-    record = {
-        "schema": RECORD_SCHEMA,
-        "dataset": config.dataset,
-        "split": config.split,
-        "defense": config.defense,
-        "preset": config.preset,
-        "modalities": list(config.modalities),
-        "protocol": protocol.name,
-        "protocol_settings": protocol.settings(),
-        "config": config.to_dict(),
-        "metrics": metrics,
-        "flags": {"surrogate_used": evaluation.surrogate_used,
-                  "sanity": {**evaluation.audit, **consistency_checks(metrics, len(evaluation.labels))}},
-        "evaluation": {"outcomes": f"outcomes{suffix}.npz", "batch_size": config.eval_batch_size,
-                       **evaluation.cost},
-        "data": {"fingerprint": exp.data.fingerprint, "train_size": len(exp.data.train),
-                 "test_size": len(exp.data.test), "num_classes": exp.data.num_classes,
-                 "skeleton_scale": exp.data.skeleton_scale, "skeleton_unit": exp.data.skeleton_unit},
-        "training": training,
-        "provenance": {**provenance(exp.device, config.seed), "wall_seconds": time.perf_counter() - started},
-    }
+    record = Record(
+        dataset=config.dataset, split=config.split, defense=config.defense, preset=config.preset,
+        modalities=tuple(config.modalities), protocol=protocol.name, protocol_settings=protocol.settings(),
+        config=config.to_dict(), metrics=metrics,
+        flags={"surrogate_used": evaluation.surrogate_used,
+               "sanity": {**evaluation.audit, **consistency_checks(metrics, len(evaluation.labels))}},
+        evaluation={"outcomes": outcomes, "model_digest": store.key["model"], "batch_size": config.eval_batch_size,
+                    "disagreements": evaluation.disagreements, **evaluation.cost},
+        data={"fingerprint": exp.data.fingerprint, "train_size": len(exp.data.train),
+              "test_size": len(exp.data.test), "num_classes": exp.data.num_classes,
+              "skeleton_scale": exp.data.skeleton_scale, "skeleton_unit": exp.data.skeleton_unit},
+        training=training,
+        provenance={**provenance(exp.device, config.seed), "wall_seconds": time.perf_counter() - started},
+    )
     record = attach_reference(record, run_dir)
-    write_json(run_dir / record_name(protocol.name), record)
-    return record
+    return record.save(run_dir / record_name(protocol.name))
 
 
-def attach_reference(record: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """Fill RI from the ``none`` record of the same dataset, preset, split, modalities and protocol.
+def attach_reference(record: Record, run_dir: Path) -> Record:
+    """Fill RI from the ``none`` record of the same setting and training seed (:func:`find_reference`).
 
-    Looked for in the sibling run directories (``runs/<dataset>/*``); RI stays
-    null, with a note, if there is none (``mmrobust leaderboard`` recomputes it).
+    Looked for among the sibling run directories (``runs/<dataset>/*``); RI
+    stays null, with a note, if there is none (``mmrobust leaderboard``
+    recomputes it).
     """
-    if record["defense"] == "none":
-        reference, where = record, str(run_dir)
-    else:
-        siblings = [p for p in run_dir.parent.glob("*/result*.json") if p.parent != run_dir]
-        candidates = [r for r in load_records(siblings)
-                      if r.get("defense") == "none" and same_setting(r, record)]
-        reference = max(candidates, key=lambda r: r["provenance"].get("finished_at", ""), default=None)
-        where = reference["_source"]["path"] if reference is not None else None
-    metrics = dict(record["metrics"])
+    reference = find_reference(record, records_beside(run_dir))
     if reference is None:
-        metrics["ri_reference"] = {"run": None, "note": "no 'none' record of the same dataset, preset, split, "
-                                                        "modalities and protocol was found; RI left empty"}
+        metrics = {**record.metrics, "ri_reference": {
+            "run": None, "note": f"no '{REFERENCE_DEFENSE}' record of the same dataset, split, preset, modalities, "
+                                 "protocol, data and seed was found; RI left empty"}}
     else:
-        metrics = fill_ri(metrics, reference["metrics"], reference_run=where)
-    return {**record, "metrics": metrics}
-
-
-def same_setting(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Same dataset (and exact data), preset, split, modalities and protocol."""
-    return (all(a.get(k) == b.get(k) for k in ("dataset", "preset", "split", "modalities", "protocol"))
-            and a.get("data", {}).get("fingerprint") == b.get("data", {}).get("fingerprint"))
+        where = str(run_dir) if reference is record else reference.source
+        metrics = fill_ri(record.metrics, reference.metrics, reference_run=where)
+    return record.replace(metrics=metrics)
 
 
 def consistency_checks(metrics: dict[str, Any], n: int) -> dict[str, bool]:
@@ -229,16 +213,102 @@ def load_trained(run_dir: Path, **changes: Any) -> Experiment:
 
 
 def reevaluate(run_dir: Path, *, eps: float | None = None, attacks: tuple[str, ...] | None = None,
-               device: str | None = None, batch_size: int | None = None, progress: bool = True) -> dict[str, Any]:
+               device: str | None = None, batch_size: int | None = None, progress: bool = True) -> Record:
     """Evaluate a trained run again without retraining (``mmrobust eval``)."""
     started = time.perf_counter()
     exp = load_trained(run_dir, eps=eps, attacks=attacks, device=device, eval_batch_size=batch_size)
     protocol = get_protocol(exp.config.protocol, eps=exp.config.eps, attacks=exp.config.attacks)
-    previous = run_dir / "result.json"
-    training = json.loads(previous.read_text()).get("training") if previous.is_file() else None
+    training = _training_summary(run_dir)
     return evaluate_experiment(exp, run_dir, protocol, training=training, started=started, progress=progress)
+
+
+def _training_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The training part of the run's standard record, if it has a readable one (kept by ``eval``)."""
+    try:
+        return Record.load(run_dir / "result.json").training
+    except RecordError:
+        return None
 
 
 def resume_state(run_dir: Path, checkpoint: str | None) -> dict[str, Any]:
     """The checkpoint a ``--resume`` points at (default: the run directory's)."""
     return load_checkpoint(Path(checkpoint) if checkpoint else run_dir / "checkpoint.pt")
+
+
+# -- reproduce ---------------------------------------------------------------------
+
+@dataclass
+class Comparison:
+    """A record re-run from scratch, metric by metric."""
+
+    record: Record
+    reproduced: Record
+    rows: list[tuple[str, Any, Any, bool]]  # metric, stored, reproduced, within tolerance
+    environment: list[str]  # decisive differences between the record's environment and this one
+    tolerance: float  # percentage points allowed per metric (0: bit-exact)
+    outcome_mismatches: int | None  # samples × cells whose outcome differs (None: stored outcomes absent)
+
+    @property
+    def matches(self) -> bool:
+        return all(ok for *_, ok in self.rows) and (self.tolerance > 0 or not self.outcome_mismatches)
+
+
+def reproduce(record_path: Path, run_dir: Path, *, tolerance: float = 1.0, progress: bool = True) -> Comparison:
+    """Re-run a record's configuration from scratch in ``run_dir`` and compare every metric.
+
+    The run uses the record's thread count. Where the environment that decides
+    the bits (machine, kernels, threads, torch, runtime settings) is the
+    record's, every metric must be equal and so must every per-sample outcome;
+    otherwise each metric may differ by ``tolerance`` percentage points. RI
+    is not compared: it follows from ✓RS and Avg of this and the reference record.
+
+    Raises:
+        RecordError: the record is unreadable, of another schema, or of other
+            data than the dataset gives here (another release or generator).
+    """
+    import torch
+
+    record = Record.load(record_path)
+    config = RunConfig.from_dict(record.config, source=str(record_path))
+    data = load_data(config, progress=progress)
+    if data.fingerprint != record.fingerprint:
+        raise RecordError(f"{record_path}: made on {record.dataset} data {record.fingerprint}, but the data here "
+                          f"is {data.fingerprint} (another release or generator); it cannot be reproduced here")
+    recorded = record.provenance.get("environment") or {}
+    threads = torch.get_num_threads()
+    if isinstance(recorded.get("threads"), int):
+        torch.set_num_threads(recorded["threads"])
+    try:
+        differences = runtime.differences(recorded, runtime.describe())
+        check_run_dir(run_dir, resume=False)
+        reproduced = execute(config, run_dir, progress=progress)
+    finally:
+        torch.set_num_threads(threads)
+    allowed = tolerance if differences else 0.0
+    rows = [(name, stored, again, _close(stored, again, allowed))
+            for name, stored, again in _paired_metrics(record, reproduced)]
+    mismatches = None
+    stored_outcomes = record.path.parent / record.evaluation.get("outcomes", "")
+    if record.evaluation.get("outcomes") and stored_outcomes.is_file():
+        before, after = read_outcomes(stored_outcomes), read_outcomes(run_dir / reproduced.evaluation["outcomes"])
+        cells = [k for k in before if k not in ("key", "labels")]
+        mismatches = sum(int((before[k] != after[k]).sum()) if k in after and before[k].shape == after[k].shape
+                         else int(before[k].size) for k in cells)
+    return Comparison(record, reproduced, rows, differences, allowed, mismatches)
+
+
+def _paired_metrics(stored: Record, again: Record) -> list[tuple[str, Any, Any]]:
+    pairs = [("clean", stored.metrics.get("clean"), again.metrics.get("clean"))]
+    for attack, entry in stored.metrics.get("attacks", {}).items():
+        other = again.metrics.get("attacks", {}).get(attack, {})
+        for key in [k for k in entry if k not in ("ri", "ci")]:
+            pairs.append((f"{attack}/{key}", entry[key], other.get(key)))
+    for flag, value in stored.flags.get("sanity", {}).items():
+        pairs.append((f"sanity/{flag}", value, again.flags.get("sanity", {}).get(flag)))
+    return pairs
+
+
+def _close(stored: Any, again: Any, tolerance: float) -> bool:
+    if isinstance(stored, bool) or not isinstance(stored, (int, float)) or not isinstance(again, (int, float)):
+        return stored == again
+    return stored == again if tolerance == 0 else abs(stored - again) <= tolerance

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 
+import mmrobust  # noqa: F401  first, so its runtime settings precede torch's initialisation
 import numpy as np
 import pytest
 import torch

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmrobust.attack import AttackResult, build_attack, sign_gradient_attack
+from mmrobust.attack import AttackResult, RandomStarts, build_attack, make_params, sign_gradient_attack, take
+from mmrobust.registry import ATTACKS
 from mmrobust.model import ModelOutput
 
 SHAPES = {"rgb": (3, 4, 6, 6), "skeleton": (3, 4, 5, 2), "depth": (1, 4, 6, 6)}
@@ -94,7 +95,7 @@ def predict(model: nn.Module, batch: dict) -> torch.Tensor:
 
 def run(name: str, model, batch, targets, eps=EPS, seed: int = 0, **params) -> AttackResult:
     attack = build_attack(name, **{**ALL_ATTACKS.get(name, {}), **params})
-    return attack(model, batch, targets, eps, generator=torch.Generator().manual_seed(seed))
+    return attack(model, batch, targets, eps, starts=RandomStarts.numbered(len(batch["label"]), seed))
 
 
 def assert_within_budget(result: AttackResult, batch: dict, eps: dict) -> None:
@@ -231,7 +232,7 @@ def test_samples_misclassified_clean_are_returned_unchanged(model, batch, name):
     relabelled = {**batch, "label": labels}
     targets = ("rgb", "depth")
     attack = build_attack(name, **ALL_ATTACKS[name])
-    result = attack(model, relabelled, targets, EPS, generator=torch.Generator().manual_seed(0))
+    result = attack(model, relabelled, targets, EPS, starts=RandomStarts.numbered(len(relabelled["label"]), 0))
     assert result.fooled[wrong].all()
     for m in targets:
         assert torch.equal(result.batch[m][wrong], batch[m][wrong])
@@ -274,13 +275,17 @@ def test_native_pgd_matches_torchattacks_pgd(rgb_model):
     full = make_batch(64, seed=3, shapes={"rgb": SHAPES["rgb"]})
     seed, eps, alpha, steps = 7, 4 / 255, 1 / 255, 10
 
-    torch.manual_seed(seed)
+    starts = RandomStarts.numbered(len(full["label"]), seed)
     reference = torchattacks.PGD(OnView(rgb_model, "rgb"), eps=eps, alpha=alpha, steps=steps, random_start=True)
-    reference_batch = {"rgb": reference(full["rgb"], full["label"]), "label": full["label"]}
+    examples = []
+    for i in range(len(full["label"])):  # torchattacks draws from the global RNG: each sample from its own seed
+        torch.manual_seed(starts.seed_of(i, 0))
+        examples.append(reference(full["rgb"][i:i + 1], full["label"][i:i + 1]))
+    reference_batch = {"rgb": torch.cat(examples), "label": full["label"]}
     reference_fooled = predict(rgb_model, reference_batch) != full["label"]
 
     pgd = build_attack("pgd", steps=steps, rel_step=alpha / eps, early_stop=False)
-    native = pgd(rgb_model, full, ("rgb",), eps, generator=torch.Generator().manual_seed(seed))
+    native = pgd(rgb_model, full, ("rgb",), eps, starts=starts)
     clean_wrong = predict(rgb_model, full) != full["label"]
     assert 0 < clean_wrong.sum() and 0 < (reference_fooled & ~clean_wrong).sum() < (~clean_wrong).sum()
     # Same outcome for every sample; a sample wrong on clean data counts as fooled.
@@ -290,7 +295,7 @@ def test_native_pgd_matches_torchattacks_pgd(rgb_model):
     assert torch.equal(native.batch["rgb"][correct], reference_batch["rgb"][correct])
 
     early = build_attack("pgd", steps=steps, rel_step=alpha / eps, early_stop=True)
-    early_result = early(rgb_model, full, ("rgb",), eps, generator=torch.Generator().manual_seed(seed))
+    early_result = early(rgb_model, full, ("rgb",), eps, starts=starts)
     assert (early_result.fooled | ~native.fooled).all()
 
 
@@ -311,7 +316,7 @@ def test_margin_loss_and_cw_inf_maximise_it(model, batch):
     targets = ("rgb", "skeleton")
     cw = run("cw-inf", model, batch, targets, steps=5)
     direct = sign_gradient_attack(model, batch, targets, EPS, steps=5, rel_step=0.25, loss=margin_loss,
-                                  random_start=True, generator=torch.Generator().manual_seed(0))
+                                  random_start=True, starts=RandomStarts.numbered(len(batch["label"]), 0))
     for m in targets:
         assert torch.equal(cw.batch[m], direct.batch[m])
 
@@ -504,14 +509,42 @@ def test_pool_width_does_not_change_the_result(model, batch, name, params):
     """Samples stream through a pool of max_batch; trajectories are per sample, so the
     adversarial batch and outcomes are those of attacking the whole batch at once."""
     attack = build_attack(name, **params)
-    whole = attack(model, batch, ("rgb", "skeleton"), EPS, generator=torch.Generator().manual_seed(3))
+    whole = attack(model, batch, ("rgb", "skeleton"), EPS, starts=RandomStarts.numbered(len(batch["label"]), 3))
     for width in (1, 3, 7):
-        pooled = attack(model, batch, ("rgb", "skeleton"), EPS, generator=torch.Generator().manual_seed(3),
+        pooled = attack(model, batch, ("rgb", "skeleton"), EPS, starts=RandomStarts.numbered(len(batch["label"]), 3),
                         max_batch=width)
         assert torch.equal(pooled.fooled, whole.fooled)
         for m in ("rgb", "skeleton"):
             assert torch.allclose(pooled.batch[m], whole.batch[m], atol=1e-6), (m, width)
         assert pooled.gradient_passes + pooled.forward_passes >= whole.gradient_passes
+
+
+REGISTRY_SETTINGS = {"pgd": {"steps": 5, "restarts": 2}, "cw-inf": {"steps": 5},
+                     "torchattacks": {"attack": "PGD", "options": {"steps": 5, "alpha": 1 / 255}}}
+
+
+@pytest.mark.parametrize("name", ATTACKS.names())
+def test_every_registered_attack_is_batch_independent(model, batch, name):
+    """A sample's random starts come from (seed, sample id, restart) alone: the same outcomes and
+    examples whether it is attacked in the whole batch, in a pool of 1 or 7, or in another chunk."""
+    settings = REGISTRY_SETTINGS.get(name, {})
+    attack = ATTACKS.get(name)(make_params(name, ATTACKS.get(name).Params, settings), name=name)
+    targets, n = ("rgb", "skeleton"), len(batch["label"])
+    ids = torch.arange(1000, 1000 + n)  # dataset indices, not positions
+    whole = attack(model, batch, targets, EPS, starts=RandomStarts(11, ids))
+    runs = [attack(model, batch, targets, EPS, starts=RandomStarts(11, ids), max_batch=width) for width in (1, 7)]
+    chunks = [attack(model, take(batch, slice(a, b)), targets, EPS, starts=RandomStarts(11, ids[a:b]),
+                     max_batch=64) for a, b in ((0, 5), (5, 29), (29, n))]
+    runs.append(AttackResult({m: torch.cat([c.batch[m] for c in chunks]) for m in targets},
+                             torch.cat([c.fooled for c in chunks])))
+    assert 0 < int(whole.fooled.sum()) < n
+    for other in runs:
+        assert torch.equal(other.fooled, whole.fooled)
+        for m in targets:
+            assert torch.allclose(other.batch[m], whole.batch[m], atol=1e-6), m
+    if getattr(attack.params, "random_start", False):  # other ids, other starts
+        moved = attack(model, batch, targets, EPS, starts=RandomStarts(11, ids + 1))
+        assert not torch.equal(moved.batch["rgb"], whole.batch["rgb"])
 
 
 def test_adapter_honours_max_batch(model, batch):

@@ -11,6 +11,7 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner, Result
@@ -110,7 +111,11 @@ def test_result_record_holds_the_resolved_run(finished_run):
     assert provenance["mmrobust_version"] == mmrobust.__version__
     assert "git_commit" in provenance
     assert provenance["git_commit"] is None or isinstance(provenance["git_commit"], str)
-    assert provenance["torch_version"] == torch.__version__
+    assert provenance["git_dirty"] in (None, True, False)
+    environment = provenance["environment"]
+    assert environment["torch"] == torch.__version__ and environment["numpy"] == np.__version__
+    assert environment["threads"] == torch.get_num_threads() and environment["cpu_model"]
+    assert environment["kernels"] == torch.backends.cpu.get_cpu_capability()
     assert isinstance(provenance["device"], str) and provenance["device"].startswith(("cpu", "cuda"))
     assert provenance["seed"] == 0
     assert isinstance(provenance["wall_seconds"], float) and provenance["wall_seconds"] > 0

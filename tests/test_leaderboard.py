@@ -15,11 +15,12 @@ import pytest
 from mmrobust.leaderboard import (REPORTED_FIELDS, REPORTED_PGD20, RecordWarning, build_table, load_records,
                                   render, write_leaderboard)
 from mmrobust.metrics import relative_improvement
+from mmrobust.results import SCHEMA
 
 
 def make_record(defense: str, clean: float, pgd20: tuple[float, ...], *, dataset: str = "synthetic",
                 protocol: str = "standard-v1", preset: str = "tiny", split: str = "subject",
-                modalities: tuple[str, ...] = ("rgb", "skeleton"), schema: int = 2, **extra) -> dict:
+                modalities: tuple[str, ...] = ("rgb", "skeleton"), schema: int = SCHEMA, **extra) -> dict:
     targets = ("R", "S", "RS")[:len(pgd20)]
 
     def attack(values):
@@ -188,7 +189,7 @@ def test_old_schema_is_skipped_with_the_command_that_fixes_it(runs):
         records = load_records([runs])
     assert len(records) == 6
     assert str(old) in str(caught[0].message)
-    with pytest.raises(ValueError, match="schema 1 is older"):
+    with pytest.raises(ValueError, match="schema 1 is older"):  # RecordError is a ValueError
         load_records([runs], strict=True)
 
 
@@ -212,9 +213,9 @@ def test_records_folder_and_single_files(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         loaded = load_records([tmp_path])
-        assert [(r["defense"], r["protocol"]) for r in loaded] == [
+        assert [(r.defense, r.protocol) for r in loaded] == [
             ("amr", "standard-v1"), ("none", "standard-v1~1a2b3c4d"), ("none", "standard-v1")]
-        assert loaded[2]["_source"]["path"] == run.parent.as_posix()  # a run record names its run folder
+        assert loaded[2].source == run.parent.as_posix()  # a run record names its run folder
         assert len(load_records([records_dir, run, tmp_path])) == 3  # each file once
     with pytest.raises(FileNotFoundError, match="missing"):
         load_records([tmp_path / "missing"])

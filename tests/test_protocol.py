@@ -17,6 +17,7 @@ from mmrobust.files import write_json
 from mmrobust.metrics import robust_metrics
 from mmrobust.presets import PRESETS, build_model
 from mmrobust.protocol import AttackSetting, Protocol, evaluate, get_protocol, parse_eps, target_sets
+from mmrobust.results import OutcomeStore, outcome_key
 
 SHAPES = {"rgb": (3, 8, 32, 32), "skeleton": (3, 32, 25, 1)}
 # standard-v1's attacks with fewer steps, to keep these tests quick
@@ -66,13 +67,13 @@ def test_outcomes_are_kept_per_sample_and_metrics_follow_from_them(small_problem
     assert result.cost["gradient_passes"] > 0
 
 
-def test_results_do_not_depend_on_the_evaluation_batch_within_a_chunk(small_problem):
+def test_results_do_not_depend_on_the_evaluation_batch_size(small_problem):
     model, data = small_problem
-    a = evaluate(model, data, QUICK, batch_size=3)    # chunks of 24: same random starts
-    b = evaluate(model, data, QUICK, batch_size=24)   # one chunk of 24
-    for key in a.robust:
-        for code in a.robust[key]:
-            assert np.array_equal(a.robust[key][code], b.robust[key][code]), (key, code)
+    runs = [evaluate(model, data, QUICK, batch_size=size) for size in (1, 7, 64)]
+    for other in runs[1:]:
+        for key in runs[0].robust:
+            for code in runs[0].robust[key]:
+                assert np.array_equal(runs[0].robust[key][code], other.robust[key][code]), (key, code)
 
 
 def test_interrupted_evaluation_resumes_from_finished_cells(small_problem, tmp_path, monkeypatch):
@@ -92,17 +93,18 @@ def test_interrupted_evaluation_resumes_from_finished_cells(small_problem, tmp_p
         return real(*args, **kwargs)
 
     monkeypatch.setattr(protocol_module, "_attack_cell", crash_on_fourth)
+    key = outcome_key(model, QUICK, "d", len(data))
     with pytest.raises(Interrupted):
-        evaluate(model, data, QUICK, batch_size=8, state_path=state, data_id="d")
+        evaluate(model, data, QUICK, batch_size=8, store=OutcomeStore(state, key))
     assert state.is_file()
     calls.clear()
-    resumed = evaluate(model, data, QUICK, batch_size=8, state_path=state, data_id="d")
+    resumed = evaluate(model, data, QUICK, batch_size=8, store=OutcomeStore(state, key))
     assert len(calls) == 9 - 3  # the three finished cells were not attacked again
     for key in uninterrupted.robust:
         for code in uninterrupted.robust[key]:
             assert np.array_equal(resumed.robust[key][code], uninterrupted.robust[key][code])
     calls.clear()
-    evaluate(model, data, QUICK, batch_size=8, state_path=state, data_id="other data")
+    evaluate(model, data, QUICK, batch_size=8, store=OutcomeStore(state, outcome_key(model, QUICK, "other", len(data))))
     assert len(calls) == 9  # outcomes of other data are never reused
 
 

@@ -51,7 +51,7 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, small_synthetic):
     record = run.execute(config, interrupted, resume=run.resume_state(interrupted, None), progress=False)
 
     assert (interrupted / "result.json").is_file()
-    assert record["config"]["epochs"] == 3
+    assert record.config["epochs"] == 3
     a = load_checkpoint(uninterrupted / "checkpoint.pt")
     b = load_checkpoint(interrupted / "checkpoint.pt")
     assert a["epoch"] == b["epoch"] == 3
@@ -88,7 +88,7 @@ def test_a_kill_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path
     record = run.execute(_config(small_synthetic, epochs=2), run_dir, resume=run.resume_state(run_dir, None),
                          progress=False)
     assert load_checkpoint(run_dir / "checkpoint.pt")["epoch"] == 2
-    assert record["training"]["epochs"] == 2
+    assert record.training["epochs"] == 2
 
 
 def test_atomic_write_failure_leaves_old_file_and_no_temporary(tmp_path):

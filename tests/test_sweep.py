@@ -12,6 +12,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from mmrobust.canary import record_digests
 from mmrobust.cli import cli
 from mmrobust.registry import DATASETS
 
@@ -47,8 +48,15 @@ def test_sweep_writes_records_and_leaderboard_then_reuses_and_guards_runs(tmp_pa
     assert "| none" in table and "| minsim" in table
     record = json.loads((board / "records" / "minsim-tiny-s0.json").read_text())
     run = tmp_path / "runs" / one_epoch_dataset / "minsim-tiny-s0"
-    assert record == json.loads((run / "result.json").read_text())
-    assert record["training"]["epochs"] == 1
+    in_run = json.loads((run / "result.json").read_text())
+    assert record["evaluation"].pop("outcomes") == "minsim-tiny-s0.outcomes.npz"  # names its copied outcomes
+    assert in_run["evaluation"].pop("outcomes") == "outcomes.npz"
+    assert record == in_run and record["training"]["epochs"] == 1
+    assert (board / "records" / "minsim-tiny-s0.outcomes.npz").read_bytes() == (run / "outcomes.npz").read_bytes()
+    canary = json.loads((board / "canary.json").read_text())
+    assert sorted(canary["defenses"]) == ["minsim", "none"] and canary["attacks"]
+    assert canary["records"] == record_digests(board / "records")
+    record = json.loads((board / "records" / "minsim-tiny-s0.json").read_text())
 
     second = _sweep(tmp_path, one_epoch_dataset)
     assert second.exit_code == 0, second.output

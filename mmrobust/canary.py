@@ -1,0 +1,157 @@
+"""Canaries: short, exact runs of every registered defense, digested and committed beside the records.
+
+A committed leaderboard is only worth something while its records are what
+the code computes. Re-running them all takes half an hour; a canary takes
+seconds and moves whenever they would. For each defense it trains one epoch on
+a few training clips and evaluates the protocol on a few test clips, and
+keeps the SHA-256 of the weights and of the per-sample outcomes. Once per
+dataset it also digests every attack cell's adversarial examples on the
+``none`` canary, with every sample attacked for all its steps, so that a change
+to an attack shows even where the canary model is too weak to be attacked.
+
+``mmrobust sweep`` writes ``leaderboards/<dataset>/canary.json`` together with
+the records, including each record file's digest; the test suite recomputes
+the canaries and checks both. A change that alters a defense's numbers while
+the committed records still show the old ones fails there, naming the
+command that regenerates them.
+
+Everything runs on one thread on the CPU, under the runtime settings of
+:mod:`mmrobust.runtime`, so the digests are the same on any x86-64 machine
+with AVX2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mmrobust.attack import RandomStarts, build_attack
+from mmrobust.config import RunConfig
+from mmrobust.defense import TrainContext
+from mmrobust.files import write_json
+from mmrobust.protocol import STANDARD_V1, Protocol, evaluate, target_sets
+from mmrobust.registry import ATTACKS
+from mmrobust.results import REFERENCE_DEFENSE, model_digest
+from mmrobust.run import prepare
+from mmrobust.training import train
+
+FORMAT = 1
+TRAIN_CLIPS, TEST_CLIPS, BATCH = 24, 6, 8
+FILE = "canary.json"
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _digest_arrays(arrays: Mapping[str, Any]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        value = np.ascontiguousarray(np.asarray(arrays[name]))
+        digest.update(f"{name}|{value.dtype}|{value.shape}|".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def _spread(size: int, count: int) -> np.ndarray:
+    return np.linspace(0, size - 1, min(count, size)).round().astype(np.int64)
+
+
+def defense_canary(defense: str, dataset: str = "synthetic", preset: str = "tiny",
+                   protocol: Protocol = STANDARD_V1) -> tuple[dict[str, str], Any]:
+    """Train ``defense`` one epoch on a few clips, evaluate on a few; digests of weights and outcomes.
+
+    Also returns the trained model (for :func:`attack_canary`).
+    """
+    config = RunConfig(dataset=dataset, defense=defense, preset=preset, epochs=1, batch_size=BATCH, seed=0,
+                       device="cpu")
+    with _one_thread(), tempfile.TemporaryDirectory(prefix="mmrobust-canary-") as folder:
+        exp = prepare(config, progress=False)
+        trainset = exp.data.train.take(_spread(len(exp.data.train), TRAIN_CLIPS))
+        testset = exp.data.test.take(_spread(len(exp.data.test), TEST_CLIPS))
+        train(exp.model, exp.defense, trainset, exp.config, 1, Path(folder), device=exp.device, progress=False)
+        exp.defense.after_training(exp.model, trainset, TrainContext(device=exp.device,
+                                                                     modalities=exp.config.modalities))
+        outcomes: dict[str, np.ndarray] = {}
+        evaluation = evaluate(exp.model, testset, protocol, modalities=exp.config.modalities, batch_size=BATCH,
+                              surrogate=exp.defense.surrogate(exp.model), store=outcomes)
+        outcomes["audit"] = np.array([evaluation.audit[k] for k in sorted(evaluation.audit)])
+    return {"weights": model_digest(exp.model), "outcomes": _digest_arrays(outcomes)}, (exp, testset)
+
+
+def attack_canary(exp: Any, testset: Any, protocol: Protocol = STANDARD_V1) -> dict[str, str]:
+    """Every protocol cell's adversarial examples on ``exp.model``, every sample attacked for all steps."""
+    modalities = exp.config.modalities
+    batch = testset.batch(np.arange(len(testset)), modalities)
+    labels = batch["label"]
+    every_sample = F.one_hot(labels, exp.data.num_classes).float()  # treat every sample as correct clean
+    digests = {}
+    model = exp.model.eval()
+    with _one_thread():
+        for setting in protocol.attacks:
+            params = dict(setting.params)
+            if "early_stop" in {f.name for f in dataclasses.fields(ATTACKS.get(setting.attack).Params)}:
+                params["early_stop"] = False
+            attack = build_attack(setting.attack, **params)
+            for code, targets in target_sets(modalities).items():
+                result = attack(model, batch, targets, protocol.eps, clean_logits=every_sample,
+                                starts=RandomStarts.numbered(len(labels), protocol.seed))
+                digests[f"{setting.key}/{code}"] = _digest_arrays(
+                    {m: result.batch[m].numpy() for m in targets} | {"fooled": result.fooled.numpy()})
+    return digests
+
+
+def compute(defenses: Sequence[str], dataset: str = "synthetic", preset: str = "tiny") -> dict[str, Any]:
+    """The canary of every defense in ``defenses`` (the attack canary needs ``none`` among them)."""
+    result: dict[str, Any] = {"format": FORMAT, "dataset": dataset, "preset": preset,
+                              "train_clips": TRAIN_CLIPS, "test_clips": TEST_CLIPS, "defenses": {}}
+    for name in defenses:
+        result["defenses"][name], trained = defense_canary(name, dataset, preset)
+        if name == REFERENCE_DEFENSE:
+            result["attacks"] = attack_canary(*trained)
+    return result
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def record_digests(records_dir: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``records_dir`` (records and their outcome files)."""
+    return {path.name: file_digest(path) for path in sorted(records_dir.iterdir()) if path.is_file()}
+
+
+def write(board: Path, defenses: Sequence[str], dataset: str, preset: str) -> Path:
+    """Compute the canaries and write ``board/canary.json`` with the digests of ``board/records``."""
+    canary = compute(defenses, dataset, preset)
+    canary["records"] = record_digests(board / "records")
+    return write_json(board / FILE, canary)
+
+
+def stale(committed: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """What differs between a committed canary and a fresh one, one line per defense or attack cell."""
+    lines = []
+    for name in sorted(set(committed.get("defenses", {})) | set(current.get("defenses", {}))):
+        before, after = committed.get("defenses", {}).get(name), current.get("defenses", {}).get(name)
+        if before != after:
+            changed = [k for k in ("weights", "outcomes") if (before or {}).get(k) != (after or {}).get(k)]
+            lines.append(f"defense {name}: {', '.join(changed) if before and after else 'added or removed'} changed")
+    for cell in sorted(set(committed.get("attacks", {})) | set(current.get("attacks", {}))):
+        if committed.get("attacks", {}).get(cell) != current.get("attacks", {}).get(cell):
+            lines.append(f"attack cell {cell}: adversarial examples changed")
+    return lines

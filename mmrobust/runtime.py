@@ -1,0 +1,97 @@
+"""The CPU runtime settings that make numbers repeatable and training tolerant of a busy machine.
+
+Set by ``import mmrobust``, before torch is first used, unless the user set
+them already (their values win and are recorded):
+
+* ``ATEN_CPU_CAPABILITY=avx2``, ``ONEDNN_MAX_CPU_ISA=AVX2``, ``MKL_CBWR=AVX2``:
+  PyTorch's vector kernels, oneDNN's convolutions and MKL's BLAS run their
+  AVX2 code paths on every x86-64 CPU that has AVX2, AVX-512 or AMX. Left
+  free, each picks the widest instruction set of the CPU, and a run trained on
+  an AVX-512 machine differs in the last bits from one on an AVX2 machine;
+  over eight epochs of SGD those bits grow into different models. Pinned, the
+  same thread count gives bit-identical runs on any such CPU.
+* ``OMP_WAIT_POLICY=PASSIVE``: OpenMP worker threads sleep between parallel
+  regions instead of spinning. On a machine whose cores are busy with another
+  process, spinning threads steal each other's time slices and one training
+  epoch took 21 times its idle time; sleeping ones keep it within a few times.
+  libgomp reads this once, when torch is imported, so it only takes effect
+  when mmrobust is imported first (the ``mmrobust`` command always is).
+
+:func:`describe` says what is in force; every result record stores it, and
+``mmrobust reproduce`` names any difference.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from typing import Any
+
+X86_DEFAULTS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+WAIT_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
+SETTINGS = (*X86_DEFAULTS, *WAIT_DEFAULTS)
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile")
+
+
+def pin() -> None:
+    """Fill in the defaults above for every setting the user left unset."""
+    defaults = dict(WAIT_DEFAULTS)
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        defaults.update(X86_DEFAULTS)
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what platform says)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """The instruction-set extensions of :data:`ISA_FLAGS` that the CPU has (Linux only; else empty)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    present = set(line.split(":", 1)[1].split())
+                    return [flag for flag in ISA_FLAGS if flag in present]
+    except OSError:
+        pass
+    return []
+
+
+def describe() -> dict[str, Any]:
+    """What decides the numbers of a CPU run: CPU, kernels in force, threads, library versions."""
+    import numpy
+    import torch
+
+    return {
+        "machine": platform.machine(),
+        "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "kernels": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "settings": {key: os.environ.get(key) for key in SETTINGS},
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+        "platform": sys.platform,
+    }
+
+
+# What must be equal for two runs to be bit-identical; the rest is informative.
+DECISIVE = ("machine", "kernels", "threads", "torch", "settings")
+
+
+def differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The decisive entries in which two :func:`describe` results differ, as ``key: a -> b``."""
+    return [f"{key}: {recorded.get(key)!r} -> {current.get(key)!r}" for key in DECISIVE
+            if recorded.get(key) != current.get(key)]

@@ -1,0 +1,46 @@
+"""The committed synthetic leaderboard is what the code computes today.
+
+``leaderboards/synthetic/canary.json`` was written by ``mmrobust sweep``
+together with the records: short exact runs of every registered defense, the
+adversarial examples of every attack cell, and the digest of every record
+file. Recomputing the canaries here catches any change that moves a number
+(training, attacks, models, data) while the committed records still show the
+old ones; the record digests catch records regenerated without their canary.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mmrobust import canary
+from mmrobust.leaderboard import build_table, load_records, render
+from mmrobust.registry import DEFENSES
+
+BOARD = Path(__file__).resolve().parent.parent / "leaderboards" / "synthetic"
+REGENERATE = "run `mmrobust sweep --dataset synthetic --runs <fresh folder>` to regenerate leaderboards/synthetic"
+
+pytestmark = pytest.mark.skipif(not (BOARD / "records").is_dir(), reason="no committed synthetic records")
+
+
+@pytest.mark.parametrize("fmt", ["md", "csv", "html"])
+def test_committed_leaderboard_regenerates_identically(fmt, monkeypatch):
+    monkeypatch.chdir(BOARD.parent.parent)  # record paths are stored relative to the repository
+    table = build_table(load_records([Path("leaderboards/synthetic/records")], strict=True), "synthetic")
+    assert render(table, fmt) == (BOARD / f"standard-v1.{fmt}").read_text()
+    assert set(DEFENSES.names()) <= set(table["defense"])
+
+
+def test_records_are_the_ones_the_canary_was_written_with():
+    committed = json.loads((BOARD / canary.FILE).read_text())
+    assert committed["records"] == canary.record_digests(BOARD / "records"), \
+        f"the records changed without their canary; {REGENERATE}"
+
+
+def test_code_still_computes_the_committed_numbers():
+    committed = json.loads((BOARD / canary.FILE).read_text())
+    current = canary.compute(DEFENSES.names(), committed["dataset"], committed["preset"])
+    changed = canary.stale(committed, current)
+    assert not changed, "the code no longer computes the committed numbers (" + "; ".join(changed) + f"); {REGENERATE}"
