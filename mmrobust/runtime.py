@@ -10,12 +10,17 @@ them already (their values win and are recorded):
   an AVX-512 machine differs in the last bits from one on an AVX2 machine;
   over eight epochs of SGD those bits grow into different models. Pinned, the
   same thread count gives bit-identical runs on any such CPU.
-* ``OMP_WAIT_POLICY=PASSIVE``: OpenMP worker threads sleep between parallel
-  regions instead of spinning. On a machine whose cores are busy with another
-  process, spinning threads steal each other's time slices and one training
-  epoch took 21 times its idle time; sleeping ones keep it within a few times.
-  libgomp reads this once, when torch is imported, so it only takes effect
-  when mmrobust is imported first (the ``mmrobust`` command always is).
+* ``GOMP_SPINCOUNT=2000`` (unless ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is
+  set): an idle OpenMP worker thread spins 2,000 times, then sleeps. libgomp's
+  default is 300,000 spins: on a machine whose two cores are busy with another
+  torch job, the spinning threads stole each other's time slices and one
+  training epoch took 18 times its idle time. Sleeping at once
+  (``OMP_WAIT_POLICY=PASSIVE``) keeps a busy epoch within 1.4 times idle but
+  makes the idle epoch 39 % slower (the tiny models run many short parallel
+  regions); 2,000 spins measured 1.8 times busy and 11 % idle
+  (``benchmarks/contention.py``). libgomp reads this once, when torch is
+  imported, so it only takes effect when mmrobust is imported first (the
+  ``mmrobust`` command always is).
 
 :func:`describe` says what is in force; every result record stores it, and
 ``mmrobust reproduce`` names any difference.
@@ -29,14 +34,15 @@ import sys
 from typing import Any
 
 X86_DEFAULTS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
-WAIT_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
-SETTINGS = (*X86_DEFAULTS, *WAIT_DEFAULTS)
+WAIT_DEFAULTS = {"GOMP_SPINCOUNT": "2000"}
+WAIT_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+SETTINGS = (*X86_DEFAULTS, *WAIT_SETTINGS)
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile")
 
 
 def pin() -> None:
     """Fill in the defaults above for every setting the user left unset."""
-    defaults = dict(WAIT_DEFAULTS)
+    defaults = {} if any(key in os.environ for key in WAIT_SETTINGS) else dict(WAIT_DEFAULTS)
     if platform.machine().lower() in ("x86_64", "amd64"):
         defaults.update(X86_DEFAULTS)
     for key, value in defaults.items():
@@ -87,11 +93,19 @@ def describe() -> dict[str, Any]:
     }
 
 
-# What must be equal for two runs to be bit-identical; the rest is informative.
+# What must be equal for two runs to be bit-identical; the rest is informative
+# (the wait settings change speed, never a number).
 DECISIVE = ("machine", "kernels", "threads", "torch", "settings")
+
+
+def _decisive(environment: dict[str, Any], key: str) -> Any:
+    value = environment.get(key)
+    if key == "settings" and isinstance(value, dict):
+        return {k: value.get(k) for k in X86_DEFAULTS}
+    return value
 
 
 def differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """The decisive entries in which two :func:`describe` results differ, as ``key: a -> b``."""
-    return [f"{key}: {recorded.get(key)!r} -> {current.get(key)!r}" for key in DECISIVE
-            if recorded.get(key) != current.get(key)]
+    return [f"{key}: {_decisive(recorded, key)!r} -> {_decisive(current, key)!r}" for key in DECISIVE
+            if _decisive(recorded, key) != _decisive(current, key)]
