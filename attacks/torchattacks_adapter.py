@@ -25,10 +25,7 @@ Arguments:
         ``model`` and ``eps`` (e.g. ``steps``, ``alpha``). Default {}.
     layout (str): "native" or "image", as above. Default "native".
 
-Some torchattacks attacks call the model on a subset of the batch (APGD and
-Square on the samples not yet fooled); the wrapped model recognises each row
-by the clean sample whose ε-ball holds it, so the untargeted modalities stay
-aligned. Samples misclassified clean are not attacked. There is no early stop:
+Samples misclassified clean are not attacked. There is no early stop:
 the outcome comes from one forward on the final adversarial batch.
 ``gradient_passes`` counts the wrapped model's forwards run with autograd on
 the view (an estimate: torchattacks may run such a forward without a backward);
@@ -41,8 +38,9 @@ it sees. So that a sample's outcome does not depend on its batch, the adapter
 hands torchattacks one sample at a time, with the global RNG seeded from that
 sample's (seed, sample id) inside a forked RNG state: results are the same at
 any batch size and the caller's RNG is left alone. (Slower than whole
-batches; the native engine is the fast path.) For PGD the start is then the
-very noise the native engine draws for that sample.
+batches; the native engine is the fast path.) On the CPU and one target,
+torchattacks.PGD then starts from the very noise the native engine draws for
+that sample. ``max_batch`` has no effect here.
 
 Input: the batch dict, every modality float in [0, 1], ``label`` int64 (B,).
 Requires torchattacks 3.5.1, installed with
@@ -70,8 +68,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmrobust.attack import (LABEL, Attack, AttackResult, Eps, RandomStarts, clean_fooled, labels_of,
-                             resolve_eps, resolve_targets, take)
+from mmrobust.attack import (LABEL, Attack, AttackResult, Eps, RandomStarts, check_starts, clean_fooled,
+                             labels_of, resolve_eps, resolve_targets, take)
 from mmrobust.model import Batch, logits_of
 from mmrobust.registry import register_attack
 
@@ -152,10 +150,13 @@ class ClosedModel(nn.Module):
 
     Args:
         model: the multimodal model.
-        sub: the attacked samples' batch (all modalities and the label).
+        sub: the one attacked sample's batch (all modalities and the label).
         targets: modalities the view holds.
-        clean_view: the view of ``sub``; rows of later calls are matched to it.
+        clean_view: the view of ``sub``.
         eps: the L∞ radius every legitimate row stays within.
+
+    Every row of a call is a version of that one sample (torchattacks may call
+    the model on several candidates at once).
     """
 
     def __init__(self, model: nn.Module, sub: Batch, targets: Sequence[str], clean_view: torch.Tensor,
@@ -166,40 +167,15 @@ class ClosedModel(nn.Module):
         self.targets = tuple(targets)
         self.shapes = {m: sub[m].shape[1:] for m in self.targets}
         self.view_shape = tuple(clean_view.shape[1:])
-        self.clean_rows = clean_view.detach().reshape(clean_view.shape[0], -1)
-        self.bound = eps + _TOLERANCE
         self.gradient_passes = 0
         self.forward_passes = 0
-
-    def _rows(self, view: torch.Tensor) -> torch.Tensor | None:
-        """Which attacked sample each row of ``view`` is; None for all, in order."""
-        n, total = view.shape[0], self.clean_rows.shape[0]
-        if n == total:
-            return None  # torchattacks never reorders a full batch
-        rows = view.detach().reshape(n, -1)
-        distance = torch.cdist(rows[None].float(), self.clean_rows[None].float(), p=float("inf"))[0]
-        nearest = distance.topk(min(2, total), dim=1, largest=False)
-        if (nearest.values[:, 0] > self.bound).any():
-            raise ValueError("the attack called the model on a subset of the batch with a row outside the ε-ball "
-                             "of every clean sample, so the untargeted modalities cannot be matched to it")
-        index = nearest.indices[:, 0]
-        if total > 1:
-            rivals = nearest.values[:, 1] <= self.bound
-            if rivals.any():
-                first, second = index[rivals], nearest.indices[rivals, 1]
-                for key, value in self.sub.items():
-                    if key not in self.targets and isinstance(value, torch.Tensor) and \
-                            not torch.equal(value[first], value[second]):
-                        raise ValueError("the attack called the model on a subset of the batch holding a row that "
-                                         "lies within ε of two clean samples with different untargeted inputs")
-        return index
 
     def forward(self, view: torch.Tensor) -> torch.Tensor:
         if tuple(view.shape[1:]) != self.view_shape:
             raise ValueError(f"the model was called with shape {tuple(view.shape)}, "
                              f"expected (N, {', '.join(map(str, self.view_shape))})")
-        index = self._rows(view)
-        inputs = dict(self.sub) if index is None else take(self.sub, index)
+        rows = view.shape[0]
+        inputs = dict(self.sub) if rows == 1 else take(self.sub, torch.zeros(rows, dtype=torch.long))
         inputs.update(from_view(view, self.shapes))
         if torch.is_grad_enabled() and view.requires_grad:
             self.gradient_passes += view.shape[0]
@@ -251,16 +227,21 @@ class TorchAttack(Attack):
                  starts: RandomStarts | None = None, max_batch: int | None = None) -> AttackResult:
         size = labels_of(batch).shape[0]
         starts = starts if starts is not None else RandomStarts.numbered(size)
-        if size > 1:  # one sample at a time, each from its own seed: see the module docstring
-            parts = [self._attack_one(model, take(batch, slice(i, i + 1)), targets, eps,
-                                      None if clean_logits is None else clean_logits[i:i + 1],
-                                      starts.seed_of(i, 0)) for i in range(size)]
-            merged = {k: torch.cat([p.batch[k] for p in parts]) if isinstance(v, torch.Tensor) and v.dim() > 0
-                      and v.shape[0] == size else v for k, v in batch.items()}
-            merged.update({k: batch[k] for k in batch if k not in targets})  # untargeted: the very same tensors
-            return AttackResult(merged, torch.cat([p.fooled for p in parts]),
-                                sum(p.gradient_passes for p in parts), sum(p.forward_passes for p in parts))
-        return self._attack_one(model, batch, targets, eps, clean_logits, starts.seed_of(0, 0))
+        check_starts(starts, size)
+        if size == 1:
+            return self._attack_one(model, batch, targets, eps, clean_logits, starts.seed_of(0, 0))
+        if size == 0:
+            resolve_eps(eps, resolve_targets(batch, targets), batch)  # bad arguments fail even without samples
+            return AttackResult(dict(batch), torch.zeros(0, dtype=torch.bool, device=labels_of(batch).device))
+        # One sample at a time, each from its own seed: see the module docstring.
+        parts = [self._attack_one(model, take(batch, slice(i, i + 1)), targets, eps,
+                                  None if clean_logits is None else clean_logits[i:i + 1],
+                                  starts.seed_of(i, 0)) for i in range(size)]
+        merged = {k: torch.cat([p.batch[k] for p in parts]) if isinstance(v, torch.Tensor) and v.dim() > 0
+                  and v.shape[0] == size else v for k, v in batch.items()}
+        merged.update({k: batch[k] for k in batch if k not in targets})  # untargeted: the very same tensors
+        return AttackResult(merged, torch.cat([p.fooled for p in parts]),
+                            sum(p.gradient_passes for p in parts), sum(p.forward_passes for p in parts))
 
     def _attack_one(self, model: nn.Module, batch: Batch, targets: Sequence[str], eps: Eps,
                     clean_logits: torch.Tensor | None, seed: int) -> AttackResult:

@@ -21,6 +21,8 @@ Usage::
 
 from __future__ import annotations
 
+import mmrobust  # noqa: F401  first: its runtime settings must precede torch's start
+
 import argparse
 import time
 from pathlib import Path

@@ -126,11 +126,12 @@ def adversarial_batch(model: nn.Module, batch: Batch, targets: tuple[str, ...], 
     return {k: (v.detach() if k in targets else v) for k, v in result.batch.items()}
 
 
-def _starts(generator: torch.Generator | None, size: int) -> RandomStarts | None:
-    """Random starts for one training batch, seeded from the training context's generator."""
+def _starts(generator: torch.Generator | None, size: int) -> RandomStarts:
+    """Random starts for one training batch, seeded from the training context's generator (else the global RNG)."""
     if generator is None:
-        return None
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+        seed = int(torch.randint(0, 2**62, (1,)))
+    else:
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
     return RandomStarts.numbered(size, seed)
 
 

@@ -216,6 +216,12 @@ def resolve_eps(eps: Eps, targets: Sequence[str], batch: Mapping[str, Any] | Non
     return {m: radius for m in targets}
 
 
+def check_starts(starts: RandomStarts, size: int) -> None:
+    """Raises ValueError unless ``starts`` has one sample id per sample of the batch."""
+    if starts.sample_ids.dim() != 1 or starts.sample_ids.shape[0] != size:
+        raise ValueError(f"starts has {tuple(starts.sample_ids.shape)} sample ids for a batch of {size}")
+
+
 def labels_of(batch: Mapping[str, Any]) -> torch.Tensor:
     """The batch's labels, checked to be an integer tensor (B,)."""
     labels = batch.get(LABEL)
@@ -324,7 +330,8 @@ def sign_gradient_attack(
     device = fooled.device
     adversarial = {m: batch[m].clone() for m in targets}
     starts = starts if starts is not None else RandomStarts.numbered(size)
-    one_sample = {m: batch[m][0] for m in targets}
+    check_starts(starts, size)
+    one_sample = {m: batch[m][0] for m in targets} if size else {}
 
     def start_point(index: torch.Tensor, restart: int) -> dict[str, torch.Tensor]:
         clean = {m: batch[m][index] for m in targets}

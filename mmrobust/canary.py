@@ -3,11 +3,12 @@
 A committed leaderboard is only worth something while its records are what
 the code computes. Re-running them all takes half an hour; a canary takes
 seconds and moves whenever they would. For each defense it trains one epoch on
-a few training clips and evaluates the protocol on a few test clips, and
-keeps the SHA-256 of the weights and of the per-sample outcomes. Once per
-dataset it also digests every attack cell's adversarial examples on the
-``none`` canary, with every sample attacked for all its steps, so that a change
-to an attack shows even where the canary model is too weak to be attacked.
+a few training clips, then runs the whole protocol on a few test clips
+labelled with the canary model's own predictions (so that every one of them
+is attacked, and in two chunks, so that sample ids differ from positions), and
+keeps the SHA-256 of the weights and of the per-sample outcomes and checks.
+Once per dataset it also digests every attack cell's adversarial examples on
+the ``none`` canary, with every sample attacked for all its steps.
 
 ``mmrobust sweep`` writes ``leaderboards/<dataset>/canary.json`` together with
 the records, including each record file's digest; the test suite recomputes
@@ -16,8 +17,9 @@ the committed records still show the old ones fails there, naming the
 command that regenerates them.
 
 Everything runs on one thread on the CPU, under the runtime settings of
-:mod:`mmrobust.runtime`, so the digests are the same on any x86-64 machine
-with AVX2.
+:mod:`mmrobust.runtime`, so the digests should be the same on any x86-64
+machine with AVX2; the file records the environment it was made in, so a
+mismatch on another one says so.
 """
 
 from __future__ import annotations
@@ -35,17 +37,20 @@ import torch
 import torch.nn.functional as F
 
 from mmrobust.attack import RandomStarts, build_attack
+from mmrobust import runtime
 from mmrobust.config import RunConfig
+from mmrobust.datasets.base import Split
 from mmrobust.defense import TrainContext
 from mmrobust.files import write_json
 from mmrobust.protocol import STANDARD_V1, Protocol, evaluate, target_sets
 from mmrobust.registry import ATTACKS
 from mmrobust.results import REFERENCE_DEFENSE, model_digest
 from mmrobust.run import prepare
-from mmrobust.training import train
+from mmrobust.training import predict, train
 
-FORMAT = 1
-TRAIN_CLIPS, TEST_CLIPS, BATCH = 24, 6, 8
+FORMAT = 2
+TRAIN_CLIPS, TEST_CLIPS, BATCH = 24, 10, 8
+EVAL_BATCH = 1  # chunks of CHUNK_BATCHES samples: the 10 test clips span two
 FILE = "canary.json"
 
 
@@ -74,9 +79,10 @@ def _spread(size: int, count: int) -> np.ndarray:
 
 def defense_canary(defense: str, dataset: str = "synthetic", preset: str = "tiny",
                    protocol: Protocol = STANDARD_V1) -> tuple[dict[str, str], Any]:
-    """Train ``defense`` one epoch on a few clips, evaluate on a few; digests of weights and outcomes.
+    """Train ``defense`` one epoch on a few clips, evaluate on a few it classifies correctly by
+    construction; digests of weights and of outcomes and checks.
 
-    Also returns the trained model (for :func:`attack_canary`).
+    Also returns the experiment and test clips (for :func:`attack_canary`).
     """
     config = RunConfig(dataset=dataset, defense=defense, preset=preset, epochs=1, batch_size=BATCH, seed=0,
                        device="cpu")
@@ -87,9 +93,11 @@ def defense_canary(defense: str, dataset: str = "synthetic", preset: str = "tiny
         train(exp.model, exp.defense, trainset, exp.config, 1, Path(folder), device=exp.device, progress=False)
         exp.defense.after_training(exp.model, trainset, TrainContext(device=exp.device,
                                                                      modalities=exp.config.modalities))
+        predicted = predict(exp.model, testset, BATCH, exp.device, exp.config.modalities).numpy()
+        testset = Split({**testset.arrays, "label": predicted})
         outcomes: dict[str, np.ndarray] = {}
-        evaluation = evaluate(exp.model, testset, protocol, modalities=exp.config.modalities, batch_size=BATCH,
-                              surrogate=exp.defense.surrogate(exp.model), store=outcomes)
+        evaluation = evaluate(exp.model, testset, protocol, modalities=exp.config.modalities,
+                              batch_size=EVAL_BATCH, surrogate=exp.defense.surrogate(exp.model), store=outcomes)
         outcomes["audit"] = np.array([evaluation.audit[k] for k in sorted(evaluation.audit)])
     return {"weights": model_digest(exp.model), "outcomes": _digest_arrays(outcomes)}, (exp, testset)
 
@@ -118,8 +126,11 @@ def attack_canary(exp: Any, testset: Any, protocol: Protocol = STANDARD_V1) -> d
 
 def compute(defenses: Sequence[str], dataset: str = "synthetic", preset: str = "tiny") -> dict[str, Any]:
     """The canary of every defense in ``defenses`` (the attack canary needs ``none`` among them)."""
+    with _one_thread():
+        environment = runtime.describe()
     result: dict[str, Any] = {"format": FORMAT, "dataset": dataset, "preset": preset,
-                              "train_clips": TRAIN_CLIPS, "test_clips": TEST_CLIPS, "defenses": {}}
+                              "train_clips": TRAIN_CLIPS, "test_clips": TEST_CLIPS, "environment": environment,
+                              "defenses": {}}
     for name in defenses:
         result["defenses"][name], trained = defense_canary(name, dataset, preset)
         if name == REFERENCE_DEFENSE:

@@ -193,10 +193,10 @@ def run(ctx: click.Context, modalities: str | None, defense_params: tuple[str, .
 
     click.echo(f"run directory: {directory}", err=True)
     record = execute(config, directory, resume=state, progress=not quiet)
-    _report(record, directory)
+    _report(record)
 
 
-def _report(record: Record, directory: Path) -> None:
+def _report(record: Record) -> None:
     click.echo(f"{record.dataset} / {record.defense} / {record.preset} ({'+'.join(record.modalities)}), "
                f"{record.protocol}, {record.data['test_size']} test clips: "
                f"clean accuracy {record.metrics['clean']:.2f}%")
@@ -232,7 +232,7 @@ def eval_(run_dir: str, eps: str | None, attacks: str | None, device: str | None
     directory = Path(run_dir)
     record = reevaluate(directory, eps=_eps_option(eps), attacks=_names_option(attacks), device=device,
                         batch_size=eval_batch_size, progress=not quiet)
-    _report(record, directory)
+    _report(record)
 
 
 # -- list ---------------------------------------------------------------------
@@ -492,8 +492,12 @@ def reproduce(record_file: str, run_dir: str | None, tolerance: float, quiet: bo
     finally:
         if run_dir is None:
             shutil.rmtree(target.parent, ignore_errors=True)
-    rows = [(name, stored, again, "" if ok else "✗") for name, stored, again, ok in comparison.rows]
-    click.echo(tabulate(rows, headers=["metric", "stored", "reproduced", ""], floatfmt=".4f"))
+    def cell(value: Any) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    rows = [(name, cell(stored), cell(again), "" if ok else "✗") for name, stored, again, ok in comparison.rows]
+    click.echo(tabulate(rows, headers=["metric", "stored", "reproduced", ""], disable_numparse=True,
+                        colalign=("left", "right", "right", "left")))
     if comparison.environment:
         click.echo("environment differs from the record's: " + "; ".join(comparison.environment))
         click.echo(f"tolerance: {comparison.tolerance:g} percentage points per metric")

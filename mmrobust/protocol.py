@@ -133,7 +133,9 @@ def target_sets(modalities: Sequence[str]) -> dict[str, tuple[str, ...]]:
     return sets
 
 
-OutcomeStore = MutableMapping[str, np.ndarray]  # "labels", "clean", "<attack>/<target>" -> per-sample arrays
+# "labels", "clean", "<attack>/<target>" -> per-sample arrays; "<attack>/<target>#checks" -> CHECKS of that cell
+Outcomes = MutableMapping[str, np.ndarray]
+CHECKS = ("within_budget", "untargeted_untouched", "disagreements")
 
 
 @dataclass
@@ -160,7 +162,7 @@ class Evaluation:
 def evaluate(model: nn.Module, data: Split, protocol: Protocol = STANDARD_V1, *,
              modalities: Sequence[str] | None = None, batch_size: int = 64,
              device: torch.device | str = "cpu", surrogate: nn.Module | None = None,
-             store: OutcomeStore | None = None, progress: bool = False) -> Evaluation:
+             store: Outcomes | None = None, progress: bool = False) -> Evaluation:
     """Run ``protocol`` on every sample of ``data``.
 
     Args:
@@ -172,9 +174,11 @@ def evaluate(model: nn.Module, data: Split, protocol: Protocol = STANDARD_V1, *,
             sample index, restart).
         surrogate: a differentiable stand-in (BPDA); attacked as well.
         store: where outcomes go as they are finished (``labels``, ``clean``,
-            ``<attack>/<target>``); a cell already in it is not attacked again,
-            so an interrupted evaluation resumes. The caller keys it to the
-            model, data and protocol (:class:`mmrobust.results.OutcomeStore`).
+            ``<attack>/<target>`` and that cell's checks); a cell already in it
+            is not attacked again, so an interrupted evaluation resumes. The
+            caller keys it to the model, data and protocol
+            (:class:`mmrobust.results.OutcomeStore`). If its clean outcomes
+            differ from the model's, it is emptied first.
     """
     from tqdm.auto import tqdm
 
@@ -189,8 +193,9 @@ def evaluate(model: nn.Module, data: Split, protocol: Protocol = STANDARD_V1, *,
         clean_logits, labels = _clean_logits(model, data, modalities, batch_size, device)
         clean = (clean_logits.argmax(1) == labels).numpy()
         if "clean" in store and not np.array_equal(store["clean"], clean):
-            raise ValueError("the outcome store's clean outcomes differ from this model's; it belongs to "
-                             "another model or data")
+            log.warning("the stored clean outcomes differ from this model's (another device or thread count?); "
+                        "evaluating every cell afresh")
+            store.clear()
         store["labels"], store["clean"] = labels.numpy(), clean
         surrogate_logits = (_clean_logits(surrogate, data, modalities, batch_size, device)[0]
                             if surrogate is not None else None)
@@ -202,16 +207,19 @@ def evaluate(model: nn.Module, data: Split, protocol: Protocol = STANDARD_V1, *,
         disagreements = 0
         for setting, code in cells:
             key = f"{setting.key}/{code}"
-            done = store.get(key)
-            if done is None:
-                done, disagreed = _attack_cell(model, surrogate, setting, targets[code], data, modalities,
-                                               protocol, clean_logits, surrogate_logits, batch_size, device,
-                                               audit, cost, bar)
-                disagreements += disagreed
+            done, checks = store.get(key), store.get(f"{key}#checks")
+            if done is None or checks is None:
+                done, checks = _attack_cell(model, surrogate, setting, targets[code], data, modalities, protocol,
+                                            clean_logits, surrogate_logits, batch_size, device, cost, bar)
+                store[f"{key}#checks"] = checks  # first: a cell counts as done only once its outcomes follow
                 store[key] = done
             else:
                 bar.update(len(data))
             robust.setdefault(setting.key, {})[code] = done
+            checked = dict(zip(CHECKS, checks.tolist()))
+            for name in CHECKS[:2]:
+                audit[name] = audit.get(name, True) and bool(checked[name])
+            disagreements += int(checked["disagreements"])
         bar.close()
     audit["verdicts_confirmed"] = disagreements == 0
     cost["seconds"] = time.perf_counter() - started
@@ -219,16 +227,18 @@ def evaluate(model: nn.Module, data: Split, protocol: Protocol = STANDARD_V1, *,
 
 
 def _attack_cell(model, surrogate, setting, targets, data, modalities, protocol, clean_logits, surrogate_logits,
-                 batch_size, device, audit, cost, bar) -> tuple[np.ndarray, int]:
-    """Robust (True) / fooled (False) per sample for one attack on one target set.
+                 batch_size, device, cost, bar) -> tuple[np.ndarray, np.ndarray]:
+    """Robust (True) / fooled (False) per sample for one attack on one target set, and the cell's checks.
 
     A sample counts as fooled only if the model, run again on the example the
-    attack returned, misclassifies it (as RobustBench does); the second value
-    is the number of samples where that differs from the attack's own verdict.
+    attack returned, misclassifies it (as RobustBench does). The checks
+    (:data:`CHECKS`): every example inside the budget, untargeted inputs
+    untouched, and the number of samples whose re-classified verdict differs
+    from the attack's own.
     """
     attack = setting.build()
     robust = np.zeros(len(data), dtype=bool)
-    disagreements = 0
+    within, untouched, disagreements = True, True, 0
     # Samples stream through the attack's pool of batch_size; a chunk of several
     # batches keeps the pool full while early-stopped samples leave.
     chunk = batch_size * CHUNK_BATCHES
@@ -240,21 +250,22 @@ def _attack_cell(model, surrogate, setting, targets, data, modalities, protocol,
                         starts=starts, max_batch=batch_size)
         fooled = _predict(model, result.batch, batch_size) != batch["label"]
         disagreements += int((fooled != result.fooled).sum())
-        _audit_batch(data, index, modalities, batch, result.batch, targets, protocol.eps, batch_size, device,
-                     audit)
+        ok = _audit_batch(data, index, modalities, batch, result.batch, targets, protocol.eps, batch_size, device)
+        within, untouched = within and ok[0], untouched and ok[1]
         cost["gradient_passes"] += result.gradient_passes
         cost["forward_passes"] += result.forward_passes + len(index)
         if surrogate is not None:
             transfer = attack(surrogate, batch, targets, protocol.eps,
                               clean_logits=surrogate_logits[index].to(device), starts=starts, max_batch=batch_size)
-            _audit_batch(data, index, modalities, batch, transfer.batch, targets, protocol.eps, batch_size,
-                         device, audit)
+            ok = _audit_batch(data, index, modalities, batch, transfer.batch, targets, protocol.eps, batch_size,
+                              device)
+            within, untouched = within and ok[0], untouched and ok[1]
             fooled = fooled | (_predict(model, transfer.batch, batch_size) != batch["label"])
             cost["gradient_passes"] += transfer.gradient_passes
             cost["forward_passes"] += transfer.forward_passes + len(index)
         robust[index] = ~fooled.cpu().numpy() & (clean_logits[index].argmax(1) == batch["label"].cpu()).numpy()
         bar.update(len(index))
-    return robust, disagreements
+    return robust, np.array([within, untouched, disagreements], dtype=np.int64)
 
 
 @torch.no_grad()
@@ -298,7 +309,7 @@ class _frozen_eval:
 
 def _audit_batch(data: Split, index: np.ndarray, modalities, given: Mapping[str, torch.Tensor],
                  adversarial: Mapping[str, torch.Tensor], targets: Sequence[str], eps: float, batch_size: int,
-                 device, audit: dict[str, bool]) -> None:
+                 device) -> tuple[bool, bool]:
     """Against a fresh copy of the clean inputs: every perturbation inside its ball and [0, 1];
     untargeted inputs bit-identical; and the input the attack was given not changed in place."""
     within, untouched = True, True
@@ -313,8 +324,7 @@ def _audit_batch(data: Split, index: np.ndarray, modalities, given: Mapping[str,
             else:
                 untouched &= torch.equal(returned, clean[m])
             untouched &= torch.equal(given[m][part], clean[m])
-    audit["within_budget"] = audit.get("within_budget", True) and bool(within)
-    audit["untargeted_untouched"] = audit.get("untargeted_untouched", True) and bool(untouched)
+    return bool(within), bool(untouched)
 
 
 def _sanity_checks(model: nn.Module, data: Split, modalities, device, cost: dict[str, float],

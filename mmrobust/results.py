@@ -192,7 +192,7 @@ def records_beside(run_dir: Path) -> Iterator[Record]:
             try:
                 yield Record.load(path)
             except RecordError as error:
-                log.info("not a reference candidate: %s", error)
+                log.warning("not considered as RI reference: %s", error)
 
 
 # -- per-sample outcomes ---------------------------------------------------------------
@@ -209,10 +209,12 @@ def model_digest(model: Any) -> str:
     return digest.hexdigest()
 
 
-def outcome_key(model: Any, protocol: Any, data_fingerprint: str, size: int) -> dict[str, Any]:
-    """What per-sample outcomes depend on: the weights, the protocol, the data and mmrobust's version."""
+def outcome_key(model: Any, protocol: Any, data_fingerprint: str, size: int, device: Any = "cpu") -> dict[str, Any]:
+    """What per-sample outcomes depend on: the weights, the protocol, the data, the device type and
+    mmrobust's version."""
     return {"model": model_digest(model), "protocol": protocol.name, "settings": protocol.settings(),
-            "data": data_fingerprint, "n": size, "mmrobust": mmrobust.__version__}
+            "data": data_fingerprint, "n": size, "device": str(getattr(device, "type", device)),
+            "mmrobust": mmrobust.__version__}
 
 
 def read_outcomes(path: Path) -> dict[str, np.ndarray]:
@@ -247,8 +249,11 @@ class OutcomeStore(MutableMapping):
             stored_key = stored.pop(OUTCOME_KEY)
             if stored_key == key:
                 self.arrays = stored
+            elif not isinstance(stored_key, dict):
+                log.warning("%s holds outcomes without a key (an older mmrobust); ignored, evaluating afresh",
+                            self.path)
             else:
-                changed = [k for k in key if (stored_key or {}).get(k) != key[k]] or ["format"]
+                changed = [k for k in key if stored_key.get(k) != key[k]] or ["format"]
                 log.warning("%s holds outcomes of another %s; ignored, evaluating afresh", self.path,
                             ", ".join(changed))
 
@@ -257,13 +262,17 @@ class OutcomeStore(MutableMapping):
 
     def __setitem__(self, name: str, value: np.ndarray) -> None:
         self.arrays[name] = np.asarray(value)
+        self._write()
+
+    def __delitem__(self, name: str) -> None:
+        del self.arrays[name]
+        self._write()
+
+    def _write(self) -> None:
         buffer = io.BytesIO()
         key = np.frombuffer(json.dumps(self.key, sort_keys=True).encode(), dtype=np.uint8)
         np.savez_compressed(buffer, **{OUTCOME_KEY: key}, **self.arrays)
         atomic_write(self.path, lambda handle: handle.write(buffer.getvalue()))
-
-    def __delitem__(self, name: str) -> None:
-        raise TypeError("outcomes are never deleted one by one")
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.arrays)
@@ -274,14 +283,18 @@ class OutcomeStore(MutableMapping):
 
 # -- provenance ----------------------------------------------------------------------
 
+SOURCE_PATHS = ("mmrobust", "defenses", "attacks", "pyproject.toml")  # what computes numbers (not leaderboards/)
+
+
 def git_state() -> tuple[str | None, bool | None]:
-    """The commit of the mmrobust source tree and whether tracked files differ from it (None, None outside git)."""
+    """The commit of the mmrobust source tree and whether its tracked source files differ from it
+    (None, None outside git)."""
     source = Path(mmrobust.__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True,
                                 text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no", "--",
+                                *SOURCE_PATHS], capture_output=True, text=True, timeout=5, check=True).stdout.strip()
         return commit, bool(dirty)
     except (OSError, subprocess.SubprocessError):
         return None, None

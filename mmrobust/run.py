@@ -29,8 +29,8 @@ from mmrobust.model import MultimodalNet, unimodal_modalities
 from mmrobust.presets import get_preset, model_for
 from mmrobust.protocol import STANDARD_V1, Protocol, evaluate, get_protocol
 from mmrobust.registry import DATASETS
-from mmrobust.results import (REFERENCE_DEFENSE, OutcomeStore, Record, RecordError, find_reference, outcome_key,
-                              provenance, read_outcomes, records_beside, save_torch)
+from mmrobust.results import (REFERENCE_DEFENSE, OutcomeStore, Record, RecordError, device_name, find_reference,
+                              outcome_key, provenance, records_beside, save_torch)
 from mmrobust.training import CHECKPOINT_FORMAT, load_checkpoint, load_model_state, resolve_device, train
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def record_name(protocol: str) -> str:
 
 
 def execute(config: RunConfig, run_dir: Path, *, resume: dict[str, Any] | None = None, progress: bool = True,
-            after_epoch=None) -> dict[str, Any]:
+            after_epoch=None) -> Record:
     """Train (or continue training), evaluate, and write the result record."""
     started = time.perf_counter()
     exp = prepare(config, progress)
@@ -140,7 +140,7 @@ def evaluate_experiment(exp: Experiment, run_dir: Path, protocol: Protocol, *, t
     suffix = "" if protocol.name == STANDARD_V1.name else f"-{protocol.name}"
     outcomes = f"outcomes{suffix}.npz"
     store = OutcomeStore(run_dir / outcomes, outcome_key(exp.model, protocol, exp.data.fingerprint,
-                                                           len(exp.data.test)))
+                                                           len(exp.data.test), exp.device))
     evaluation = evaluate(exp.model, exp.data.test, protocol, modalities=config.modalities,
                           batch_size=config.eval_batch_size, device=exp.device,
                           surrogate=exp.defense.surrogate(exp.model), store=store, progress=progress)
@@ -266,8 +266,6 @@ def reproduce(record_path: Path, run_dir: Path, *, tolerance: float = 1.0, progr
         RecordError: the record is unreadable, of another schema, or of other
             data than the dataset gives here (another release or generator).
     """
-    import torch
-
     record = Record.load(record_path)
     config = RunConfig.from_dict(record.config, source=str(record_path))
     data = load_data(config, progress=progress)
@@ -280,6 +278,9 @@ def reproduce(record_path: Path, run_dir: Path, *, tolerance: float = 1.0, progr
         torch.set_num_threads(recorded["threads"])
     try:
         differences = runtime.differences(recorded, runtime.describe())
+        device = device_name(resolve_device(config.device))
+        if record.provenance.get("device") != device:
+            differences.append(f"device: {record.provenance.get('device')!r} -> {device!r}")
         check_run_dir(run_dir, resume=False)
         reproduced = execute(config, run_dir, progress=progress)
     finally:
@@ -288,10 +289,9 @@ def reproduce(record_path: Path, run_dir: Path, *, tolerance: float = 1.0, progr
     rows = [(name, stored, again, _close(stored, again, allowed))
             for name, stored, again in _paired_metrics(record, reproduced)]
     mismatches = None
-    stored_outcomes = record.path.parent / record.evaluation.get("outcomes", "")
-    if record.evaluation.get("outcomes") and stored_outcomes.is_file():
-        before, after = read_outcomes(stored_outcomes), read_outcomes(run_dir / reproduced.evaluation["outcomes"])
-        cells = [k for k in before if k not in ("key", "labels")]
+    if record.evaluation.get("outcomes") and (record.path.parent / record.evaluation["outcomes"]).is_file():
+        before, after = record.outcomes(), reproduced.outcomes()
+        cells = [k for k in before if k not in ("key", "labels") and "#" not in k]
         mismatches = sum(int((before[k] != after[k]).sum()) if k in after and before[k].shape == after[k].shape
                          else int(before[k].size) for k in cells)
     return Comparison(record, reproduced, rows, differences, allowed, mismatches)

@@ -43,8 +43,8 @@ ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile")
 def pin() -> None:
     """Fill in the defaults above for every setting the user left unset."""
     defaults = {} if any(key in os.environ for key in WAIT_SETTINGS) else dict(WAIT_DEFAULTS)
-    if platform.machine().lower() in ("x86_64", "amd64"):
-        defaults.update(X86_DEFAULTS)
+    if platform.machine().lower() in ("x86_64", "amd64") and "avx2" in cpu_flags():
+        defaults.update(X86_DEFAULTS)  # never on a CPU without AVX2 (or whose flags cannot be read)
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mmrobust import canary
+from mmrobust import canary, runtime
 from mmrobust.leaderboard import build_table, load_records, render
 from mmrobust.registry import DEFENSES
 
@@ -43,4 +43,15 @@ def test_code_still_computes_the_committed_numbers():
     committed = json.loads((BOARD / canary.FILE).read_text())
     current = canary.compute(DEFENSES.names(), committed["dataset"], committed["preset"])
     changed = canary.stale(committed, current)
-    assert not changed, "the code no longer computes the committed numbers (" + "; ".join(changed) + f"); {REGENERATE}"
+    elsewhere = runtime.differences(committed["environment"], current["environment"])
+    where = f" (this environment differs from the canary's: {'; '.join(elsewhere)})" if elsewhere else ""
+    assert not changed, ("the code no longer computes the committed numbers (" + "; ".join(changed) + ")"
+                         + where + f"; {REGENERATE}")
+
+
+def test_the_canary_tells_defenses_apart():
+    """Every canary must be able to move: distinct weights, and outcomes of clips that were all attacked."""
+    committed = json.loads((BOARD / canary.FILE).read_text())
+    defenses = committed["defenses"].values()
+    assert len({d["weights"] for d in defenses}) == len(committed["defenses"])
+    assert len({d["outcomes"] for d in defenses}) > 1

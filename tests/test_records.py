@@ -165,3 +165,13 @@ def test_eval_attacks_again_when_the_weights_changed(small_run, tmp_path, caplog
     assert after.evaluation["model_digest"] != before.evaluation["model_digest"]
     assert after.evaluation["gradient_passes"] > 0
     assert read_outcomes(copy / "outcomes.npz")["key"]["model"] == after.evaluation["model_digest"]
+
+
+def test_reproduce_elsewhere_names_the_difference_and_allows_the_tolerance(small_run, tmp_path):
+    record = Record.load(small_run / "result.json")
+    environment = {**record.provenance["environment"], "kernels": "AVX512"}
+    record.replace(provenance={**record.provenance, "environment": environment}).save(small_run / "avx512.json")
+    result = invoke("reproduce", small_run / "avx512.json", "--tolerance", "0.5", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "environment differs from the record's: kernels: 'AVX512' -> " in result.output
+    assert "tolerance: 0.5 percentage points" in result.output
