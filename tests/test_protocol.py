@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -93,16 +94,24 @@ def test_interrupted_evaluation_resumes_from_finished_cells(small_problem, tmp_p
         return real(*args, **kwargs)
 
     monkeypatch.setattr(protocol_module, "_attack_cell", crash_on_fourth)
-    key = outcome_key(model, QUICK, "d", len(data))
+    store_key = outcome_key(model, QUICK, "d", len(data))
     with pytest.raises(Interrupted):
-        evaluate(model, data, QUICK, batch_size=8, store=OutcomeStore(state, key))
+        evaluate(model, data, QUICK, batch_size=8, store=OutcomeStore(state, store_key))
     assert state.is_file()
     calls.clear()
-    resumed = evaluate(model, data, QUICK, batch_size=8, store=OutcomeStore(state, key))
+    resumed = evaluate(model, data, QUICK, batch_size=8, store=OutcomeStore(state, store_key))
     assert len(calls) == 9 - 3  # the three finished cells were not attacked again
     for key in uninterrupted.robust:
         for code in uninterrupted.robust[key]:
             assert np.array_equal(resumed.robust[key][code], uninterrupted.robust[key][code])
+    # The reused cells keep their checks: the flags are those of an uninterrupted evaluation.
+    assert resumed.audit == uninterrupted.audit and resumed.disagreements == uninterrupted.disagreements
+    calls.clear()
+    store = OutcomeStore(state, store_key)
+    store["pgd20/S#checks"] = np.array([0, 1, 2])  # as if that cell had left the budget once
+    again = evaluate(model, data, QUICK, batch_size=8, store=store)
+    assert calls == [] and again.audit["within_budget"] is False
+    assert again.disagreements == uninterrupted.disagreements + 2 and again.audit["verdicts_confirmed"] is False
     calls.clear()
     evaluate(model, data, QUICK, batch_size=8, store=OutcomeStore(state, outcome_key(model, QUICK, "other", len(data))))
     assert len(calls) == 9  # outcomes of other data are never reused
@@ -263,3 +272,15 @@ def test_amr_weights_command_prints_table_3_and_plots_figure_4(small_synthetic_m
                   "--run-dir", none_dir, "--quiet").exit_code == 0
     result = invoke("amr-weights", "--run-dir", none_dir)
     assert result.exit_code != 0 and "not 'amr'" in result.output
+
+
+def test_a_store_whose_clean_outcomes_differ_is_emptied_first(small_problem, caplog):
+    model, data = small_problem
+    fresh = evaluate(model, data, QUICK, batch_size=8)
+    wrong = np.zeros(len(data), dtype=bool)
+    store = {"clean": wrong, "fgsm/R": wrong, "fgsm/R#checks": np.array([1, 1, 0])}
+    with caplog.at_level(logging.WARNING):
+        result = evaluate(model, data, QUICK, batch_size=8, store=store)
+    assert "evaluating every cell afresh" in caplog.text
+    assert np.array_equal(result.robust["fgsm"]["R"], fresh.robust["fgsm"]["R"]) and result.clean.any()
+    assert np.array_equal(store["clean"], fresh.clean)
