@@ -1,6 +1,6 @@
 # Set-up and everyday commands. Everything installs into .venv from the repo's own files.
 #
-#   make run     set up, then train and evaluate AMR on the embedded synthetic data (about 6 min on 2 cores)
+#   make run     set up, then train and evaluate AMR on the embedded synthetic data (about 7 min on 2 cores)
 #   make test    set up, then run the test suite
 #
 # torch is pinned to the CPU build this machine provides (any other spec pulls
