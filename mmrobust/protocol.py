@@ -169,9 +169,10 @@ def evaluate(model: nn.Module, data: Split, protocol: Protocol = STANDARD_V1, *,
         model: takes the batch dict, returns logits or a ModelOutput.
         data: the test split.
         modalities: the model's inputs (default: the model's, else the split's).
-        batch_size: samples run through the model at once. Outcomes do not
-            depend on it: each sample's random starts come from (protocol seed,
-            sample index, restart).
+        batch_size: samples run through the model at once. Each sample's
+            random starts come from (protocol seed, sample index, restart), so
+            outcomes depend on it only as far as the model's own rounding at
+            another batch shape does.
         surrogate: a differentiable stand-in (BPDA); attacked as well.
         store: where outcomes go as they are finished (``labels``, ``clean``,
             ``<attack>/<target>`` and that cell's checks); a cell already in it

@@ -15,7 +15,7 @@ from click.testing import CliRunner, Result
 from mmrobust.cli import cli
 from mmrobust.protocol import STANDARD_V1
 from mmrobust.results import (SCHEMA, OutcomeStore, Record, RecordError, find_reference, model_digest,
-                              outcome_key, read_outcomes, save_torch)
+                              outcome_key, read_outcomes, records_beside, save_torch)
 from mmrobust.training import load_checkpoint
 
 
@@ -175,3 +175,20 @@ def test_reproduce_elsewhere_names_the_difference_and_allows_the_tolerance(small
     assert result.exit_code == 0, result.output
     assert "environment differs from the record's: kernels: 'AVX512' -> " in result.output
     assert "tolerance: 0.5 percentage points" in result.output
+
+
+def test_reproduce_names_another_device(small_run):
+    record = Record.load(small_run / "result.json")
+    record.replace(provenance={**record.provenance, "device": "cuda:NVIDIA H200"}).save(small_run / "gpu.json")
+    result = invoke("reproduce", small_run / "gpu.json", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "device: 'cuda:NVIDIA H200' -> 'cpu'" in result.output
+
+
+def test_an_unreadable_sibling_is_named_not_silently_skipped(tmp_path, caplog):
+    old = tmp_path / "none-old" / "result.json"
+    old.parent.mkdir()
+    old.write_text(json.dumps({**make().to_dict(), "schema": SCHEMA - 1}))
+    with caplog.at_level(logging.WARNING):
+        assert list(records_beside(tmp_path / "amr")) == []
+    assert str(old) in caplog.text and "older" in caplog.text
