@@ -394,12 +394,12 @@ def sweep(dataset: str, defenses: str | None, preset: str, seed: int, device: st
     """Run every defense on one dataset, then write its leaderboard with the records behind it.
 
     Finished runs are kept (their record is reused), killed ones resume, so the
-    command can be re-run until everything is done. Last, it writes
+    command can be re-run until everything is done. A finished run of other
+    data (an older synthetic generator, say) is refused, never mixed in: move
+    it away or pass another --runs folder. Last, it writes
     <out>/<dataset>/canary.json: short exact runs of every defense and the
     digests of the records, which the test suite checks so that a change that
-    moves any number cannot land beside records that still show the old ones. A finished run of other data
-    (an older synthetic generator, say) is refused, never mixed in: move it
-    away or pass another --runs folder.
+    moves any number cannot land beside records that still show the old ones.
 
     \b
     Example:
