@@ -34,20 +34,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mmrobust.attack import margin_loss
-from mmrobust.attacks.pgd import PGD
-from mmrobust.attacks.pgd import Params as PGDParams
+from mmrobust.engine import Schedule, SignGradientAttack, margin_loss
 from mmrobust.registry import register_attack
 
 
 @dataclass(frozen=True)
-class Params(PGDParams):
+class Params(Schedule):
+    """The engine's schedule, with CW-30's step count."""
+
     steps: int = 30
 
 
 @register_attack("cw-inf")
-class CWInf(PGD):
+class CWInf(SignGradientAttack):
     """PGD maximising the CW margin: the same engine and schedule, another objective."""
 
     Params = Params
+    example = {"steps": 5}
     loss = staticmethod(margin_loss)

@@ -24,14 +24,9 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
-from torch import nn
-
-from mmrobust.attack import Attack, AttackResult, Eps, RandomStarts, cross_entropy, sign_gradient_attack
-from mmrobust.model import Batch
+from mmrobust.engine import Schedule, SignGradientAttack, cross_entropy
 from mmrobust.registry import register_attack
 
 
@@ -41,14 +36,11 @@ class Params:
 
 
 @register_attack("fgsm")
-class FGSM(Attack):
+class FGSM(SignGradientAttack):
     """One sign-gradient step of size ε on the cross-entropy."""
 
     Params = Params
+    loss = staticmethod(cross_entropy)
 
-    def __call__(self, model: nn.Module, batch: Batch, targets: Sequence[str], eps: Eps, *,
-                 clean_logits: torch.Tensor | None = None,
-                 starts: RandomStarts | None = None, max_batch: int | None = None) -> AttackResult:
-        return sign_gradient_attack(model, batch, targets, eps, steps=1, rel_step=1.0, loss=cross_entropy,
-                                    random_start=False, clean_logits=clean_logits, starts=starts,
-                                    max_batch=max_batch)
+    def schedule(self) -> Schedule:
+        return Schedule(steps=1, rel_step=1.0, random_start=False)

@@ -37,45 +37,23 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
-from torch import nn
-
-from mmrobust.attack import (Attack, AttackResult, Eps, RandomStarts, check_schedule, cross_entropy,
-                             sign_gradient_attack)
-from mmrobust.model import Batch
+from mmrobust.engine import Schedule, SignGradientAttack, cross_entropy
 from mmrobust.registry import register_attack
 
 
 @dataclass(frozen=True)
-class Params:
-    steps: int = 20
-    rel_step: float = 0.25
-    random_start: bool = True
-    restarts: int = 1
-    early_stop: bool = True
-    final_check: bool = True
+class Params(Schedule):
+    """The engine's schedule, with PGD-20's step count."""
 
-    def __post_init__(self) -> None:
-        check_schedule(self.steps, self.rel_step, self.restarts, self.random_start)
-        if not self.final_check and (self.early_stop or self.restarts > 1):
-            raise ValueError("final_check=False needs early_stop=False and restarts=1")
+    steps: int = 20
 
 
 @register_attack("pgd")
-class PGD(Attack):
+class PGD(SignGradientAttack):
     """Iterated sign-gradient ascent on the cross-entropy with projection."""
 
     Params = Params
-    loss = staticmethod(cross_entropy)  # per-sample objective to maximise
-
-    def __call__(self, model: nn.Module, batch: Batch, targets: Sequence[str], eps: Eps, *,
-                 clean_logits: torch.Tensor | None = None,
-                 starts: RandomStarts | None = None, max_batch: int | None = None) -> AttackResult:
-        p = self.params
-        return sign_gradient_attack(model, batch, targets, eps, steps=p.steps, rel_step=p.rel_step,
-                                    loss=self.loss, random_start=p.random_start, restarts=p.restarts,
-                                    early_stop=p.early_stop, final_check=p.final_check,
-                                    clean_logits=clean_logits, starts=starts, max_batch=max_batch)
+    example = {"steps": 5, "restarts": 2}
+    loss = staticmethod(cross_entropy)

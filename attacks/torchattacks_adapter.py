@@ -71,7 +71,7 @@ from torch import nn
 from mmrobust.attack import (LABEL, Attack, AttackResult, Eps, RandomStarts, check_starts, clean_fooled,
                              labels_of, resolve_eps, resolve_targets, take)
 from mmrobust.model import Batch, logits_of
-from mmrobust.registry import register_attack
+from mmrobust.registry import ATTACKS, register_attack
 
 INSTALL_HINT = "pip install --no-deps torchattacks==3.5.1"
 LAYOUTS = ("native", "image")
@@ -210,17 +210,13 @@ class TorchAttack(Attack):
     """A torchattacks attack run on a single-tensor view of the targets."""
 
     Params = Params
+    example = {"attack": "PGD", "options": {"steps": 5, "alpha": 1 / 255}}
 
     def __init__(self, params: Params | None = None, name: str = "") -> None:
         super().__init__(params, name)
         self.attack_class = attack_class(self.params.attack)
         check_options(self.attack_class, self.params.options)
-        self.name = name or f"ta:{self.attack_class.__name__}"
-
-    @classmethod
-    def from_class_name(cls, attack: str, *, layout: str = "native", **options: Any) -> TorchAttack:
-        """``build_attack("ta:<attack>", **options)`` lands here."""
-        return cls(Params(attack=attack_class(attack).__name__, options=dict(options), layout=layout))
+        self.name = name or f"{PREFIX}{self.attack_class.__name__}"
 
     def __call__(self, model: nn.Module, batch: Batch, targets: Sequence[str], eps: Eps, *,
                  clean_logits: torch.Tensor | None = None,
@@ -297,3 +293,26 @@ class TorchAttack(Attack):
             adversarial[m] = batch[m].clone()
             adversarial[m][attacked] = parts[m]
         return AttackResult({**batch, **adversarial}, fooled, closed.gradient_passes, forward_passes)
+
+
+class ByClassName:
+    """What ``ta:<Class>`` names in the attack registry: the adapter for one torchattacks class.
+
+    ``build_attack("ta:APGD", layout="image", steps=10)`` creates
+    ``TorchAttack(Params(attack="APGD", options={"steps": 10}, layout="image"))``.
+    """
+
+    Params = Params
+
+    def __init__(self, class_name: str) -> None:
+        self.class_name = attack_class(class_name).__name__  # unknown names fail here, with suggestions
+
+    def create(self, name: str, values: Mapping[str, Any]) -> TorchAttack:
+        options = dict(values)
+        layout = options.pop("layout", "native")
+        return TorchAttack(Params(attack=self.class_name, options=options, layout=layout),
+                           name=f"{PREFIX}{self.class_name}")
+
+
+PREFIX = "ta:"
+ATTACKS.register_family(PREFIX, ByClassName)

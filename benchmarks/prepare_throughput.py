@@ -1,7 +1,7 @@
 """Throughput and peak memory of ``prepare`` on generated NTU RGB+D 60 data.
 
 Writes miniature releases (``.skeleton`` files and ``_rgb.avi`` videos in the
-real formats, from the writers of ``tests/test_datasets_real.py``) of 100 and
+real formats, from the writers of ``mmrobust.datasets._ntu_format``) of 100 and
 1,000 clips into a temporary folder, prepares each with 1 and 2 worker
 processes, and prints clips per second and the peak resident set of the
 preparing process and of its busiest worker (Linux ``/proc``; elsewhere only
@@ -17,7 +17,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import resource
@@ -27,16 +26,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-
-HERE = Path(__file__).resolve().parent
-
-
-def fixture_writers():
-    """The test module that writes files in the real NTU formats."""
-    spec = importlib.util.spec_from_file_location("ntu_fixtures", HERE.parent / "tests" / "test_datasets_real.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def sample_names(count: int) -> list[str]:
@@ -58,11 +47,12 @@ def sample_names(count: int) -> list[str]:
 
 
 def generate(root: Path, count: int, frames: int) -> float:
-    writers = fixture_writers()
+    from mmrobust.datasets._ntu_format import write_example_sample
+
     start = time.perf_counter()
     for i, name in enumerate(sample_names(count)):
         people = 2 if int(name[-3:]) >= 50 else 1
-        writers.make_ntu_sample(root, name, frames=frames, people=people, seed=i, codec="mpeg4")
+        write_example_sample(root, name, frames=frames, people=people, seed=i, codec="mpeg4")
     return time.perf_counter() - start
 
 

@@ -51,14 +51,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import click
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmrobust.defense import Defense, TrainContext
-from mmrobust.defenses.adversarial_training import Params as AdversaryParams
-from mmrobust.defenses.adversarial_training import adversarial_batch, check_number, training_adversary
+from mmrobust.defense import Defense, TrainContext, TrainingAdversary
 from mmrobust.model import Batch, Mixer, MultimodalNet, stage_shapes
+from mmrobust.params import check_number
 from mmrobust.registry import register_defense
 
 MAX_AMRS = 3
@@ -209,17 +209,11 @@ class AttentionModalityReweighter(Defense):
     Params = Params
     requires = ("rgb", "skeleton")
 
-    # For ``mmrobust amr-weights``, reachable through the registry.
-    weight_summary = staticmethod(weight_summary)
-    plot_weights = staticmethod(plot_weights)
-
     def __init__(self, params: Params | None = None, name: str = "") -> None:
         super().__init__(params, name)
-        self.adversary = training_adversary(AdversaryParams())
+        self.adversary = TrainingAdversary()
 
     def build(self, model: nn.Module) -> nn.Module:
-        if amr_mixers(model):
-            raise ValueError("the model already has AMRs; build it once")
         shapes = feature_shapes(model)
         blocks = {m: last_blocks(branch, self.params.amrs) for m, branch in model.branches.items()}
         for depth in range(self.params.amrs):
@@ -230,8 +224,36 @@ class AttentionModalityReweighter(Defense):
         return model
 
     def loss(self, model: nn.Module, batch: Batch, ctx: TrainContext) -> torch.Tensor:
-        attacked = adversarial_batch(model, batch, model.modalities, self.adversary, AdversaryParams().eps,
-                                     ctx.generator)
+        attacked = self.adversary(model, batch, model.modalities, ctx.generator)
         clean = model(batch)
         adversarial = model(attacked)
         return amr_loss(clean.logits, adversarial.logits, adversarial.aux_logits, batch["label"], self.params.lam)
+
+
+@click.command(name="amr-weights")
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False, exists=True),
+              help="A finished run of a defense with AMRs (amr).")
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="Plot of the per-channel mean weights (.png, .pdf or .svg).")
+def weights_command(run_dir: str, out: str | None) -> None:
+    """Mean AMR weight per modality for each AMR (paper Table 3), and a per-channel plot (Fig. 4).
+
+    Added to ``mmrobust`` by this defense through the ``mmrobust.commands``
+    entry-point group.
+
+    \b
+    Example:
+      mmrobust amr-weights --run-dir runs/synthetic/amr-tiny-s0 --out amr.png
+    """
+    from tabulate import tabulate
+
+    from mmrobust.run import load_trained
+
+    exp = load_trained(Path(run_dir))
+    rows = weight_summary(exp.model)
+    if not rows:
+        raise click.ClickException(f"{run_dir} has no AMR: it was trained with defense {exp.config.defense!r}")
+    click.echo(tabulate(rows, headers="keys", floatfmt=".4f"))
+    if out:
+        plot_weights(exp.model, out)
+        click.echo(f"wrote {out}")

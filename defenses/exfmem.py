@@ -1,4 +1,4 @@
-"""``exfmem`` and ``minsim+exfmem``: external feature memory banks (Tian & Xu, CVPR 2021), as released.
+"""``exfmem``: external feature memory banks (Tian & Xu, CVPR 2021), as released.
 
 Tian & Xu, "Can audio-visual integration strengthen robustness under multimodal
 attacks?", CVPR 2021 (YapengTian/AV-Robustness-CVPR21, ``main_defense.py``).
@@ -56,7 +56,6 @@ Example::
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,10 +63,8 @@ import torch
 from torch import nn
 
 from mmrobust.defense import Defense, TrainContext
-from mmrobust.defenses.adversarial_training import check_number
-from mmrobust.defenses.minsim import MinSim
-from mmrobust.defenses.minsim import Params as MinSimParams
-from mmrobust.model import Batch
+from mmrobust.model import bpda_twin
+from mmrobust.params import check_number
 from mmrobust.registry import register_defense
 
 BANK_SEED = 0  # the fixed order in which training samples enter the banks
@@ -161,43 +158,15 @@ class MemoryFilter(nn.Module):
         return self.blend * reconstruction + (1.0 - self.blend) * x
 
 
-class StraightThrough(nn.Module):
-    """BPDA: the wrapped module's output forward, the identity's gradient backward."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + (self.inner(x) - x).detach()
-
-
-def bpda_surrogate(model: nn.Module) -> nn.Module:
-    """A twin of ``model`` whose memory filters are straight-through; ``model`` is left as it is.
-
-    The twin is a shallow copy with its own table of submodules: it shares every
-    parameter, buffer and submodule with ``model`` except ``filters``, a new
-    ModuleDict wrapping the same filter modules.
-    """
-    twin = copy.copy(model)
-    twin._modules = dict(model._modules)
-    twin._parameters = dict(model._parameters)
-    twin._buffers = dict(model._buffers)
-    twin.filters = nn.ModuleDict({m: StraightThrough(f) if isinstance(f, MemoryFilter) else f
-                                  for m, f in model.filters.items()})
-    return twin
-
-
+@register_defense("exfmem")
 class ExFMem(Defense):
-    """Memory-bank denoising of the embeddings; cross-entropy training."""
+    """Memory-bank denoising of the embeddings; cross-entropy training (``minsim+exfmem`` adds MinSim's loss)."""
 
     Params = Params
 
     def build(self, model: nn.Module) -> nn.Module:
         p = self.params
         for modality, branch in model.branches.items():
-            if modality in model.filters:
-                raise ValueError(f"the model already filters the {modality} embedding; build it once")
             model.filters[modality] = MemoryFilter(branch.embedding_dim, p.bank_size, p.lam, p.iterations,
                                                    p.blend)
         return model
@@ -225,37 +194,5 @@ class ExFMem(Defense):
             memory.fill(torch.cat(columns[m]).T)
 
     def surrogate(self, model: nn.Module) -> nn.Module:
-        return bpda_surrogate(model)
-
-
-@register_defense("exfmem")
-class ExternalFeatureMemory(ExFMem):
-    """ExFMem on a model trained with cross-entropy."""
-
-
-@dataclass(frozen=True)
-class MinSimExFMemParams(Params, MinSimParams):
-    """MinSim's parameters (training) and ExFMem's (memory)."""
-
-    def __post_init__(self) -> None:
-        MinSimParams.__post_init__(self)
-        Params.__post_init__(self)
-
-
-@register_defense("minsim+exfmem")
-class MinSimExFMem(ExFMem):
-    """ExFMem on a model trained with the MinSim loss (the authors' pipeline)."""
-
-    Params = MinSimExFMemParams
-    requires = MinSim.requires
-
-    def __init__(self, params: MinSimExFMemParams | None = None, name: str = "") -> None:
-        super().__init__(params, name)
-        p = self.params
-        self.minsim = MinSim(MinSimParams(weight=p.weight, dim=p.dim, adversarial=p.adversarial), name=name)
-
-    def build(self, model: nn.Module) -> nn.Module:
-        return super().build(self.minsim.build(model))
-
-    def loss(self, model: nn.Module, batch: Batch, ctx: TrainContext) -> torch.Tensor:
-        return self.minsim.loss(model, batch, ctx)
+        """A twin whose memory filters pass gradients straight through (BPDA); ``model`` is left as it is."""
+        return bpda_twin(model, lambda module: isinstance(module, MemoryFilter))

@@ -36,10 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmrobust.defense import Defense, TrainContext
-from mmrobust.defenses.adversarial_training import Params as AdversaryParams
-from mmrobust.defenses.adversarial_training import adversarial_batch, check_flag, check_number, training_adversary
+from mmrobust.defense import Defense, TrainContext, TrainingAdversary
 from mmrobust.model import Batch, ModelOutput
+from mmrobust.params import check_flag, check_number
 from mmrobust.registry import register_defense
 
 PROJECTION = "minsim_projection"  # attribute of the model holding the projections
@@ -81,11 +80,9 @@ class MinSim(Defense):
 
     def __init__(self, params: Params | None = None, name: str = "") -> None:
         super().__init__(params, name)
-        self.adversary = training_adversary(AdversaryParams()) if self.params.adversarial else None
+        self.adversary = TrainingAdversary() if self.params.adversarial else None
 
     def build(self, model: nn.Module) -> nn.Module:
-        if hasattr(model, PROJECTION):
-            raise ValueError(f"the model already has MinSim projections ({PROJECTION}); build it once")
         model.add_module(PROJECTION, nn.ModuleDict({
             m: nn.Linear(branch.embedding_dim, self.params.dim, bias=False) for m, branch in model.branches.items()
         }))
@@ -93,8 +90,7 @@ class MinSim(Defense):
 
     def loss(self, model: nn.Module, batch: Batch, ctx: TrainContext) -> torch.Tensor:
         if self.adversary is not None:
-            batch = adversarial_batch(model, batch, model.modalities, self.adversary, AdversaryParams().eps,
-                                      ctx.generator)
+            batch = self.adversary(model, batch, model.modalities, ctx.generator)
         output: ModelOutput = model(batch)
         similarity = mean_cosine(output.embeddings, getattr(model, PROJECTION))
         return F.cross_entropy(output.logits, batch["label"]) + self.params.weight * similarity

@@ -20,3 +20,4 @@ class NoDefense(Defense):
     """Standard training; inference unchanged."""
 
     Params = NoParams
+    reference = True  # RI is measured against this defense

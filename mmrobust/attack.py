@@ -1,21 +1,15 @@
-"""Attacks: the common contract, the native sign-gradient engine, ``build_attack``.
+"""Attacks: the common contract and ``build_attack``.
 
 An attack perturbs the modalities named in ``targets``, each inside its own L∞
 ball of radius ε_m and inside [0, 1], and hands every other modality back as
 the very same tensor object. Its result says, per sample, whether the model is
 fooled; a sample the model already gets wrong on clean data counts as fooled
-and is never attacked.
+and is never attacked. A sample's random starts depend on (seed, sample id,
+restart) alone (:class:`RandomStarts`), so outcomes do not depend on batching.
 
-FGSM, PGD and CW∞ all run through :func:`sign_gradient_attack`: per step one
-forward and one backward on the samples still in play give the gradient with
-respect to every targeted modality at once, and each modality moves by its own
-step along the sign of its gradient before being projected back (Eq. 7 of the
-AMR paper, the multimodal form of PGD)::
-
-    x'_{m,t+1} = Π_{B_εm(x_m) ∩ [0,1]} ( x'_{m,t} + α_m · sign ∇_{x'_m} loss(f(x'_t), y) )
-
-Any ``torchattacks`` attack runs through the adapter registered as
-``torchattacks``; ``build_attack("ta:APGD", ...)`` is the short form.
+An attack is a class registered with ``@register_attack`` that owns a frozen
+``Params`` dataclass and implements :meth:`Attack.__call__`. FGSM, PGD and CW∞
+are settings of the native engine, :class:`mmrobust.engine.SignGradientAttack`.
 
 Example::
 
@@ -28,28 +22,21 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import hashlib
-import math
-import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mmrobust.model import Batch, logits_of
+from mmrobust.params import build_params
 from mmrobust.registry import ATTACKS
 
 LABEL = "label"
-TORCHATTACKS_PREFIX = "ta:"
-TORCHATTACKS_ADAPTER = "torchattacks"  # registry name of the adapter in attacks/torchattacks_adapter.py
 
 Eps = float | Mapping[str, float]
-Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, labels) -> per-sample loss (B,)
 
 
 @dataclass
@@ -119,6 +106,8 @@ class Attack:
     """
 
     Params: ClassVar[type] = NoParams
+    #: Parameters of a quick instance (few steps), which the contract tests run.
+    example: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, params: Any = None, name: str = "") -> None:
         self.params = params if params is not None else self.Params()
@@ -126,6 +115,11 @@ class Attack:
             raise TypeError(f"{type(self).__name__} takes a {self.Params.__qualname__}, "
                             f"got {type(self.params).__name__}")
         self.name = name
+
+    @classmethod
+    def create(cls, name: str, values: Mapping[str, Any]) -> Attack:
+        """The attack registered as ``name`` with parameters ``values``, each checked (:func:`build_params`)."""
+        return cls(build_params(cls.Params, values, owner=f"attack {name!r}"), name=name)
 
     def __call__(
         self,
@@ -252,222 +246,10 @@ def take(batch: Mapping[str, Any], index: torch.Tensor | slice) -> Batch:
             for k, v in batch.items()}
 
 
-# -- losses --------------------------------------------------------------------
-
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-sample cross-entropy (B,)."""
-    return F.cross_entropy(logits, labels, reduction="none")
-
-
-def margin_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-sample Carlini–Wagner margin max_{j≠y} z_j − z_y (B,); positive means misclassified."""
-    true = logits.gather(1, labels[:, None]).squeeze(1)
-    others = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf"))
-    return others.amax(dim=1) - true
-
-
-# -- the native engine -----------------------------------------------------------
-
-def sign_gradient_attack(
-    model: nn.Module,
-    batch: Batch,
-    targets: Sequence[str],
-    eps: Eps,
-    *,
-    steps: int,
-    rel_step: float,
-    loss: Loss = cross_entropy,
-    random_start: bool = False,
-    restarts: int = 1,
-    early_stop: bool = True,
-    final_check: bool = True,
-    clean_logits: torch.Tensor | None = None,
-    starts: RandomStarts | None = None,
-    max_batch: int | None = None,
-) -> AttackResult:
-    """Multimodal iterated sign-gradient ascent (FGSM, PGD, CW∞ are settings of it).
-
-    Samples move through a *pool* of at most ``max_batch`` samples, each at its
-    own step: a sample that is fooled (early stop) or finishes its steps leaves
-    and the next one enters, so every forward/backward runs at full width
-    however early the samples stop. A sample's trajectory does not depend on
-    the pool it shares (the loss is summed, the model is in eval mode).
-
-    Args:
-        model: module taking the batch dict; its mode is left as it is.
-        batch: modality tensors in [0, 1] plus ``label``.
-        targets: modalities to perturb.
-        eps: L∞ radius, one for all targets or one per target.
-        steps: sign-gradient steps per restart.
-        rel_step: step size as a fraction of each modality's ε (α_m = rel_step·ε_m).
-        loss: per-sample loss to maximise, ``loss(logits, labels) -> (B,)``.
-        random_start: start from a uniform point of the ε-ball (clamped to [0, 1]).
-        restarts: attempts; a sample still not fooled is attacked again from a
-            new random start.
-        early_stop: a sample leaves the attack at the first step its current
-            adversarial input is misclassified, keeping exactly that input.
-            Off: every clean-correct sample runs all steps and only the last
-            iterate counts (as torchattacks does).
-        final_check: with ``early_stop`` off and one restart, False skips the
-            forward that checks each final iterate, and ``fooled`` then marks
-            only the samples misclassified clean. For adversarial training,
-            which needs the examples, not the outcome.
-        clean_logits: (B, K) clean logits if the caller has them.
-        starts: source of each sample's random start per restart (default:
-            seed 0, ids 0 … B−1); a start depends on its sample alone.
-        max_batch: pool width (default: the whole batch).
-    """
-    targets = resolve_targets(batch, targets)
-    radius = resolve_eps(eps, targets, batch)
-    if steps < 0 or restarts < 1:
-        raise ValueError(f"need steps >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
-    if not final_check and (early_stop or restarts > 1):
-        raise ValueError("final_check=False needs early_stop=False and one restart: "
-                         "both decide from the check it skips")
-    fooled, forward_passes = clean_fooled(model, batch, clean_logits)
-    size = fooled.shape[0]
-    width = size if max_batch is None else max(1, min(max_batch, size))
-    device = fooled.device
-    adversarial = {m: batch[m].clone() for m in targets}
-    starts = starts if starts is not None else RandomStarts.numbered(size)
-    check_starts(starts, size)
-    one_sample = {m: batch[m][0] for m in targets} if size else {}
-
-    def start_point(index: torch.Tensor, restart: int) -> dict[str, torch.Tensor]:
-        clean = {m: batch[m][index] for m in targets}
-        if not random_start:
-            return clean
-        noise = [starts.draw(i, restart, one_sample, radius) for i in index.tolist()]
-        return {m: torch.clamp(clean[m] + torch.stack([n[m] for n in noise]).to(device), min=0, max=1)
-                for m in targets}
-
-    queue = (~fooled).nonzero().squeeze(1)  # samples waiting, in batch order
-    restart_of = torch.zeros(size, dtype=torch.long, device=device)
-    step_of = torch.zeros(size, dtype=torch.long, device=device)
-    pool = queue[:0]
-    x = {m: batch[m][:0] for m in targets}
-    gradient_passes = 0
-    sub = None  # the batch at the pool's samples; rebuilt only when the pool changes
-
-    while pool.numel() or queue.numel():
-        if pool.numel() < width and queue.numel():
-            sub = None
-            entering, queue = queue[:width - pool.numel()], queue[width - pool.numel():]
-            step_of[entering] = 0
-            fresh = start_point(entering, 0) if not bool((restart_of[entering] > 0).any()) else None
-            if fresh is None:  # restarted samples: each from the start of its own restart
-                fresh = {m: torch.empty_like(batch[m][entering]) for m in targets}
-                for r in restart_of[entering].unique().tolist():
-                    chosen = restart_of[entering] == r
-                    part = start_point(entering[chosen], r)
-                    for m in targets:
-                        fresh[m][chosen] = part[m]
-            pool = torch.cat([pool, entering])
-            x = {m: torch.cat([x[m], fresh[m]]) for m in targets}
-        if sub is None:
-            sub = take(batch, pool)
-        labels = sub[LABEL]
-        checking = step_of[pool] == steps  # in the pool only for the check after their last step
-        if bool(checking.all()):  # nobody needs a gradient: a forward is enough
-            with torch.no_grad():
-                logits = logits_of(model({**sub, **x}))
-            forward_passes += pool.numel()
-            grads = None
-        else:
-            with torch.enable_grad():
-                leaves = {m: x[m].detach().requires_grad_(True) for m in targets}
-                logits = logits_of(model({**sub, **leaves}))
-                objective = loss(logits, labels).sum()  # summed: a sample's gradient ignores the others
-                grads = dict(zip(targets, torch.autograd.grad(objective, [leaves[m] for m in targets])))
-            gradient_passes += pool.numel()
-        hit = logits.detach().argmax(dim=1) != labels
-        counted = hit if early_stop else hit & checking
-        # Leaving the pool: fooled samples keep the input that fooled them; samples
-        # past their last step keep their final iterate, or start a new restart.
-        done = counted | checking
-        if bool(done.any()):
-            for m in targets:
-                adversarial[m][pool[done]] = x[m][done].detach()
-            fooled[pool[counted]] = True
-            again = checking & ~counted & (restart_of[pool] + 1 < restarts)
-            if bool(again.any()):
-                restart_of[pool[again]] += 1
-                queue = torch.cat([pool[again], queue])
-            keep = ~done  # the pool shrinks; otherwise nothing needs re-indexing
-            pool, sub, x = pool[keep], take(sub, keep), {m: x[m][keep] for m in targets}
-            if grads is not None:
-                grads = {m: grads[m][keep] for m in targets}
-        if grads is None or pool.numel() == 0:
-            continue
-        with torch.no_grad():
-            for m in targets:
-                # Same arithmetic as torchattacks.PGD, so both agree bit for bit:
-                # x + α·sign(g), clamped to the ε-ball around the clean input, then
-                # to [0, 1]. In place on the gradient: no 100 MB of fresh buffers
-                # per step at video sizes.
-                step = grads[m].sign_().mul_(rel_step * radius[m]).add_(x[m])
-                step.sub_(sub[m]).clamp_(min=-radius[m], max=radius[m])
-                x[m] = step.add_(sub[m]).clamp_(min=0, max=1)
-        step_of[pool] += 1
-        if not final_check:  # samples past their last step leave without a checking forward
-            finished = step_of[pool] == steps
-            if bool(finished.any()):
-                for m in targets:
-                    adversarial[m][pool[finished]] = x[m][finished]
-                keep = ~finished
-                pool, sub, x = pool[keep], take(sub, keep), {m: x[m][keep] for m in targets}
-
-    return AttackResult({**batch, **adversarial}, fooled, gradient_passes, forward_passes)
-
-
 # -- building attacks by name --------------------------------------------------
 
-def check_schedule(steps: int, rel_step: float, restarts: int, random_start: bool) -> None:
-    """Range checks shared by the ``Params`` of the iterative attacks."""
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if not (rel_step > 0 and math.isfinite(rel_step)):
-        raise ValueError(f"rel_step must be > 0, got {rel_step}")
-    if restarts < 1:
-        raise ValueError(f"restarts must be >= 1, got {restarts}")
-    if restarts > 1 and not random_start:
-        raise ValueError(f"restarts={restarts} without random_start would repeat the same attack")
-
-
-def _check_type(name: str, key: str, value: Any, expected: Any) -> None:
-    if expected is bool:
-        ok = isinstance(value, bool)
-    elif expected is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif expected is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    elif expected is str:
-        ok = isinstance(value, str)
-    else:
-        return  # containers and unions: left to the Params' own checks
-    if not ok:
-        raise ValueError(f"attack {name!r}: parameter {key!r} must be {expected.__name__}, got {value!r}")
-
-
-def make_params(name: str, params_type: type, values: Mapping[str, Any]) -> Any:
-    """Build ``params_type(**values)``, naming any unknown or ill-typed parameter."""
-    fields = {f.name: f for f in dataclasses.fields(params_type)}
-    hints = typing.get_type_hints(params_type)
-    for key, value in values.items():
-        if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            valid = f"valid: {', '.join(fields)}" if fields else "it takes no parameters"
-            raise ValueError(f"attack {name!r} has no parameter {key!r}; {hint}{valid}")
-        _check_type(name, key, value, hints.get(key))
-    try:
-        return params_type(**{k: float(v) if hints.get(k) is float else v for k, v in values.items()})
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"attack {name!r}: {error}") from None
-
-
 def build_attack(name: str, **params: Any) -> Attack:
-    """Build a registered attack, or a torchattacks one as ``"ta:<ClassName>"``.
+    """Build the attack registered as ``name`` (or resolved by a name family such as ``ta:<Class>``).
 
     Example::
 
@@ -475,10 +257,7 @@ def build_attack(name: str, **params: Any) -> Attack:
         build_attack("ta:PGD", steps=10, alpha=2 / 255)
 
     Raises:
-        ValueError: unknown attack (with suggestions) or unknown parameter.
+        ValueError: unknown attack (with suggestions), unknown parameter,
+            wrong type or value out of range (named).
     """
-    if name.startswith(TORCHATTACKS_PREFIX):
-        adapter = ATTACKS.get(TORCHATTACKS_ADAPTER)
-        return adapter.from_class_name(name[len(TORCHATTACKS_PREFIX):], **params)
-    factory = ATTACKS.get(name)
-    return factory(make_params(name, factory.Params, params), name=name)
+    return ATTACKS.get(name).create(name, params)

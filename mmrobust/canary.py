@@ -17,9 +17,12 @@ the committed records still show the old ones fails there, naming the
 command that regenerates them.
 
 Everything runs on one thread on the CPU, under the runtime settings of
-:mod:`mmrobust.runtime`, so the digests should be the same on any x86-64
-machine with AVX2; the file records the environment it was made in, so a
-mismatch on another one says so.
+:mod:`mmrobust.runtime`, but the bits still depend on the CPU model, so the
+file holds one set of canaries per environment (:data:`runtime.DECISIVE`):
+the sweep's, and any added later on another machine with
+``python -m mmrobust.canary leaderboards/<dataset>`` at the commit the records
+were made with (or one that computes the same canaries where the records'
+environment can check it). The test compares the set of its own environment.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -40,15 +45,15 @@ from mmrobust.attack import RandomStarts, build_attack
 from mmrobust import runtime
 from mmrobust.config import RunConfig
 from mmrobust.datasets.base import Split
-from mmrobust.defense import TrainContext
+from mmrobust.defense import TrainContext, reference_defense
 from mmrobust.files import write_json
 from mmrobust.protocol import STANDARD_V1, Protocol, evaluate, target_sets
 from mmrobust.registry import ATTACKS
-from mmrobust.results import REFERENCE_DEFENSE, model_digest
+from mmrobust.results import RecordError, model_digest
 from mmrobust.run import prepare
 from mmrobust.training import predict, train
 
-FORMAT = 2
+FORMAT = 3
 TRAIN_CLIPS, TEST_CLIPS, BATCH = 24, 10, 8
 EVAL_BATCH = 1  # chunks of CHUNK_BATCHES samples: the 10 test clips span two
 FILE = "canary.json"
@@ -97,7 +102,8 @@ def defense_canary(defense: str, dataset: str = "synthetic", preset: str = "tiny
         testset = Split({**testset.arrays, "label": predicted})
         outcomes: dict[str, np.ndarray] = {}
         evaluation = evaluate(exp.model, testset, protocol, modalities=exp.config.modalities,
-                              batch_size=EVAL_BATCH, surrogate=exp.defense.surrogate(exp.model), store=outcomes)
+                              batch_size=EVAL_BATCH, surrogate=exp.defense.surrogate(exp.model), store=outcomes,
+                              codes=exp.data.codes)
         outcomes["audit"] = np.array([evaluation.audit[k] for k in sorted(evaluation.audit)])
     return {"weights": model_digest(exp.model), "outcomes": _digest_arrays(outcomes)}, (exp, testset)
 
@@ -116,7 +122,7 @@ def attack_canary(exp: Any, testset: Any, protocol: Protocol = STANDARD_V1) -> d
             if "early_stop" in {f.name for f in dataclasses.fields(ATTACKS.get(setting.attack).Params)}:
                 params["early_stop"] = False
             attack = build_attack(setting.attack, **params)
-            for code, targets in target_sets(modalities).items():
+            for code, targets in target_sets(modalities, exp.data.codes).items():
                 result = attack(model, batch, targets, protocol.eps, clean_logits=every_sample,
                                 starts=RandomStarts.numbered(len(labels), protocol.seed))
                 digests[f"{setting.key}/{code}"] = _digest_arrays(
@@ -125,17 +131,23 @@ def attack_canary(exp: Any, testset: Any, protocol: Protocol = STANDARD_V1) -> d
 
 
 def compute(defenses: Sequence[str], dataset: str = "synthetic", preset: str = "tiny") -> dict[str, Any]:
-    """The canary of every defense in ``defenses`` (the attack canary needs ``none`` among them)."""
+    """The canaries of every defense in ``defenses`` in this environment (the attack canary needs the
+    reference defense among them)."""
     with _one_thread():
         environment = runtime.describe()
-    result: dict[str, Any] = {"format": FORMAT, "dataset": dataset, "preset": preset,
-                              "train_clips": TRAIN_CLIPS, "test_clips": TEST_CLIPS, "environment": environment,
-                              "defenses": {}}
+    result: dict[str, Any] = {"environment": environment, "defenses": {}}
+    reference = reference_defense()
     for name in defenses:
         result["defenses"][name], trained = defense_canary(name, dataset, preset)
-        if name == REFERENCE_DEFENSE:
+        if name == reference:
             result["attacks"] = attack_canary(*trained)
     return result
+
+
+def for_environment(canary: Mapping[str, Any], environment: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The set of canaries made in ``environment`` (no decisive difference), if the file has one."""
+    return next((entry for entry in canary.get("environments", [])
+                 if not runtime.differences(entry["environment"], dict(environment))), None)
 
 
 def file_digest(path: Path) -> str:
@@ -148,10 +160,38 @@ def record_digests(records_dir: Path) -> dict[str, str]:
 
 
 def write(board: Path, defenses: Sequence[str], dataset: str, preset: str) -> Path:
-    """Compute the canaries and write ``board/canary.json`` with the digests of ``board/records``."""
-    canary = compute(defenses, dataset, preset)
-    canary["records"] = record_digests(board / "records")
+    """Compute this environment's canaries and write ``board/canary.json`` afresh, with the digests of
+    ``board/records`` (the records were just made: canaries of other environments no longer apply)."""
+    canary = {"format": FORMAT, "dataset": dataset, "preset": preset, "train_clips": TRAIN_CLIPS,
+              "test_clips": TEST_CLIPS, "defenses": list(defenses), "records": record_digests(board / "records"),
+              "environments": [compute(defenses, dataset, preset)]}
     return write_json(board / FILE, canary)
+
+
+def add_environment(board: Path) -> Path:
+    """Add (or replace) this environment's canaries in ``board/canary.json``, records untouched.
+
+    Run it at the commit that made the records, or at one whose canaries the
+    records' own environment confirms: it records what this code computes
+    here, so that later changes are checked here too.
+
+    Raises:
+        RecordError: the file is missing, of another format, or its records changed.
+    """
+    path = board / FILE
+    try:
+        canary = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise RecordError(f"{path}: cannot read the canary ({error})") from None
+    if canary.get("format") != FORMAT:
+        raise RecordError(f"{path}: canary format {canary.get('format')!r}, this code writes {FORMAT}; "
+                          "regenerate it with mmrobust sweep")
+    if canary["records"] != record_digests(board / "records"):
+        raise RecordError(f"{path}: the records changed since the canary was written; regenerate with mmrobust sweep")
+    fresh = compute(canary["defenses"], canary["dataset"], canary["preset"])
+    canary["environments"] = [entry for entry in canary["environments"]
+                              if runtime.differences(entry["environment"], fresh["environment"])] + [fresh]
+    return write_json(path, canary)
 
 
 def stale(committed: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
@@ -166,3 +206,12 @@ def stale(committed: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]
         if committed.get("attacks", {}).get(cell) != current.get("attacks", {}).get(cell):
             lines.append(f"attack cell {cell}: adversarial examples changed")
     return lines
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m mmrobust.canary LEADERBOARD_FOLDER   (e.g. leaderboards/synthetic)")
+    try:
+        print(f"wrote {add_environment(Path(sys.argv[1]))}")
+    except RecordError as error:
+        sys.exit(str(error))

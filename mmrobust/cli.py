@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from mmrobust.config import RunConfig
-from mmrobust.registry import REGISTRIES, RegistryLoadError, UnknownNameError
+from mmrobust.registry import COMMANDS, REGISTRIES, RegistryLoadError, UnknownNameError
 
 if TYPE_CHECKING:
     from mmrobust.results import Record
@@ -43,13 +43,31 @@ def _parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 
 class _Group(click.Group):
-    """Turns user errors raised by the library into one-line messages."""
+    """Turns user errors raised by the library into one-line messages, and adds the commands that
+    contributions declare in the ``mmrobust.commands`` entry-point group."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except USER_ERRORS as error:
             raise click.ClickException(str(error)) from None
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        try:
+            added = COMMANDS.names()
+        except RegistryLoadError as error:  # --help must work even when a contribution is broken
+            logging.getLogger(__name__).warning("%s", error)
+            added = []
+        return sorted({*super().list_commands(ctx), *added})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is not None or name not in COMMANDS:
+            return command
+        added = COMMANDS.get(name)
+        if not isinstance(added, click.Command):
+            raise click.ClickException(f"command {name!r} ({COMMANDS.origin(name)}) is not a click command")
+        return added
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -71,13 +89,6 @@ def cli(verbose: int) -> None:
 
 # -- run ----------------------------------------------------------------------
 
-_RUN_FLAGS = {  # CLI option name -> RunConfig field
-    "dataset": "dataset", "split": "split", "root": "root", "data_dir": "data_dir", "data_seed": "data_seed",
-    "defense": "defense", "preset": "preset", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
-    "seed": "seed", "device": "device", "eval_batch_size": "eval_batch_size",
-}
-
-
 def _eps_option(value: str | None) -> float | None:
     from mmrobust.protocol import parse_eps
 
@@ -87,31 +98,6 @@ def _eps_option(value: str | None) -> float | None:
 def _names_option(value: str | None) -> tuple[str, ...] | None:
     """A comma-separated list of names (attacks, defenses), or None when not given."""
     return None if value is None else tuple(a.strip() for a in value.split(",") if a.strip())
-
-
-def format_metrics(record: Record) -> str:
-    """The record as the paper's Table 2: one row per attack."""
-    from tabulate import tabulate
-
-    metrics = record.metrics
-    targets = [t for t in ("R", "S", "RS") if any(t in v for v in metrics["attacks"].values())]
-    rows = []
-    for attack, values in metrics["attacks"].items():
-        ri = values.get("ri")
-        rows.append([attack, metrics["clean"], *[values.get(t) for t in targets], values["avg"],
-                     "" if ri is None else ri])
-    headers = ["attack", "✓RS", *[f"✗{t}" for t in targets], "Avg", "RI"]
-    table = tabulate(rows, headers=headers, floatfmt=".2f")
-    note = metrics.get("ri_reference", {}).get("note")
-    failed = [k for k, ok in record.flags.get("sanity", {}).items() if not ok]
-    lines = [table]
-    if note:
-        lines.append(f"RI: {note}")
-    if record.flags.get("surrogate_used"):
-        lines.append("robust accuracy counts the worse of the direct and the surrogate (BPDA) attack")
-    if failed:
-        lines.append(f"sanity checks failed: {', '.join(failed)}")
-    return "\n".join(lines)
 
 
 @cli.command()
@@ -162,9 +148,9 @@ def run(ctx: click.Context, modalities: str | None, defense_params: tuple[str, .
       mmrobust run --config run.toml --epochs 5
       mmrobust run --run-dir runs/x --resume                # continue a killed run
     """
-    from mmrobust.run import check_run_dir, default_run_dir, execute, resume_state
+    from mmrobust.run import check_run_dir, default_run_dir, execute, resume_config, resume_state
 
-    explicit = {field: flags[option] for option, field in _RUN_FLAGS.items()
+    explicit = {option: value for option, value in flags.items()
                 if ctx.get_parameter_source(option) is not click.core.ParameterSource.DEFAULT}
     if modalities is not None:
         explicit["modalities"] = tuple(m.strip() for m in modalities.split(",") if m.strip())
@@ -182,13 +168,7 @@ def run(ctx: click.Context, modalities: str | None, defense_params: tuple[str, .
     state = None
     if resume is not None:
         state = resume_state(directory, resume or None)
-        saved = RunConfig.from_dict(state["config"], source="checkpoint config")
-        conflicts = [k for k, v in explicit.items() if k != "device" and getattr(saved, k) != v]
-        if conflicts:
-            raise click.ClickException(
-                f"--resume: {conflicts[0]}={explicit[conflicts[0]]!r} differs from the checkpoint's "
-                f"{getattr(saved, conflicts[0])!r}; drop the flag to continue the same run")
-        config = saved.replace(device=config.device)
+        config = resume_config(state, explicit, config.device)
     check_run_dir(directory, resume=state is not None)
 
     click.echo(f"run directory: {directory}", err=True)
@@ -197,10 +177,12 @@ def run(ctx: click.Context, modalities: str | None, defense_params: tuple[str, .
 
 
 def _report(record: Record) -> None:
+    from mmrobust.leaderboard import record_table
+
     click.echo(f"{record.dataset} / {record.defense} / {record.preset} ({'+'.join(record.modalities)}), "
                f"{record.protocol}, {record.data['test_size']} test clips: "
                f"clean accuracy {record.metrics['clean']:.2f}%")
-    click.echo(format_metrics(record))
+    click.echo(record_table(record))
     click.echo(f"record: {record.path}")
 
 
@@ -256,9 +238,20 @@ def list_(kind: str | None) -> None:
         entries = registry.names()
         for entry in entries:
             click.echo(f"  {entry:<16} {registry.origin(entry)}")
+            declared = getattr(registry.get(entry), "modalities", ())
+            if declared and not isinstance(declared, property):
+                click.echo(f"  {'':<16} modalities: " + ", ".join(f"{m.name} ({m.code}, {m.display})"
+                                                                 for m in declared))
+        for prefix in registry.families():
+            click.echo(f"  {prefix + '<name>':<16} any name of the {prefix[:-1]} family, made on demand")
         if not entries:
             click.echo("  (none)")
     if not kind:
+        added = COMMANDS.names()
+        if added:
+            click.echo("commands added by contributions:")
+            for name in added:
+                click.echo(f"  {name:<16} {COMMANDS.origin(name)}")
         click.echo("presets:")
         for preset in PRESETS.values():
             click.echo(f"  {preset.name:<16} rgb {preset.rgb_frames}x{preset.rgb_size}x{preset.rgb_size}, "
@@ -405,53 +398,13 @@ def sweep(dataset: str, defenses: str | None, preset: str, seed: int, device: st
     Example:
       mmrobust sweep --dataset synthetic
     """
-    import shutil
-    import time
+    from mmrobust.leaderboard import render
+    from mmrobust.sweep import sweep as run_sweep
 
-    from mmrobust import canary
-    from mmrobust.leaderboard import build_table, load_records, render, write_leaderboard
-    from mmrobust.registry import DEFENSES
-    from mmrobust.results import Record
-    from mmrobust.run import check_run_dir, default_run_dir, execute, load_data, record_name, resume_state
-
-    names = list(_names_option(defenses) or DEFENSES.names())
-    unknown = [n for n in names if n not in DEFENSES]
-    if unknown:
-        DEFENSES.get(unknown[0])  # raises with suggestions
-    records_dir = Path(out) / dataset / "records"
-    fingerprint = None
-    for name in names:
-        config = RunConfig(dataset=dataset, defense=name, preset=preset, seed=seed, device=device)
-        directory = Path(runs_dir) / default_run_dir(config).relative_to("runs")
-        record_path = directory / record_name(config.protocol)
-        if record_path.is_file():
-            fingerprint = fingerprint or load_data(config, progress=not quiet).fingerprint
-            stored = Record.load(record_path).fingerprint
-            if stored != fingerprint:
-                raise click.ClickException(
-                    f"{directory} holds a finished run of other data (fingerprint {stored}, the data now is "
-                    f"{fingerprint}); move it away or pass --runs with another folder")
-            click.echo(f"{name}: finished earlier ({directory})", err=True)
-        else:
-            state = resume_state(directory, None) if (directory / "checkpoint.pt").is_file() else None
-            check_run_dir(directory, resume=state is not None)
-            started = time.perf_counter()
-            click.echo(f"{name}: {'resuming' if state else 'running'} in {directory}", err=True)
-            if state is not None:
-                config = RunConfig.from_dict(state["config"]).replace(device=device)
-            execute(config, directory, resume=state, progress=not quiet)
-            click.echo(f"{name}: done in {time.perf_counter() - started:.0f} s", err=True)
-        records_dir.mkdir(parents=True, exist_ok=True)
-        stem = directory.name
-        record = Record.load(directory / record_name(config.protocol))
-        shutil.copyfile(directory / record.evaluation["outcomes"], records_dir / f"{stem}.outcomes.npz")
-        record.replace(evaluation={**record.evaluation, "outcomes": f"{stem}.outcomes.npz"}).save(
-            records_dir / f"{stem}.json")
-    table = build_table(load_records([records_dir]), dataset)
-    write_leaderboard(table, out, dataset, "standard-v1")
+    table = run_sweep(dataset, _names_option(defenses) or (), preset=preset, seed=seed, device=device,
+                      runs_dir=Path(runs_dir), out=Path(out), progress=not quiet,
+                      say=lambda line: click.echo(line, err=True))
     click.echo(render(table, "md"))
-    click.echo("canaries: short exact runs of every defense, checked by the tests against these records", err=True)
-    canary.write(Path(out) / dataset, names, dataset, preset)
 
 
 # -- reproduce --------------------------------------------------------------------
@@ -511,34 +464,6 @@ def reproduce(record_file: str, run_dir: str | None, tolerance: float, quiet: bo
             f"{comparison.outcome_mismatches} per-sample outcomes differ"
         raise click.ClickException(f"{record_file} does not reproduce: {detail}")
     click.echo(f"{record_file} reproduces: {len(comparison.rows)} metrics match")
-
-
-# -- amr-weights ----------------------------------------------------------------
-
-@cli.command(name="amr-weights")
-@click.option("--run-dir", required=True, type=click.Path(file_okay=False, exists=True))
-@click.option("--out", default=None, type=click.Path(dir_okay=False), help="PNG of per-channel mean weights.")
-def amr_weights(run_dir: str, out: str | None) -> None:
-    """Mean AMR weight per modality for each AMR (paper Table 3), and a per-channel plot (Fig. 4).
-
-    \b
-    Example:
-      mmrobust amr-weights --run-dir runs/synthetic/amr-tiny-s0 --out amr.png
-    """
-    from tabulate import tabulate
-
-    from mmrobust.registry import DEFENSES
-    from mmrobust.run import load_trained
-
-    exp = load_trained(Path(run_dir))
-    if exp.config.defense != "amr":
-        raise click.ClickException(f"{run_dir} was trained with defense {exp.config.defense!r}, not 'amr'")
-    amr = DEFENSES.get("amr")
-    rows = amr.weight_summary(exp.model)
-    click.echo(tabulate(rows, headers="keys", floatfmt=".4f"))
-    if out:
-        amr.plot_weights(exp.model, out)
-        click.echo(f"wrote {out}")
 
 
 # -- prepare ------------------------------------------------------------------

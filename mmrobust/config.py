@@ -15,13 +15,12 @@ The resolved configuration (every default filled in) is saved with each run.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from mmrobust.params import build_params, check_number
 
 
 @dataclass(frozen=True)
@@ -70,12 +69,12 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
-        if self.epochs is not None and self.epochs < 1:
-            raise ValueError(f"epochs must be ≥ 1, got {self.epochs}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            check_number(name, getattr(self, name), 1, integer=True)
+        if self.epochs is not None:
+            check_number("epochs", self.epochs, 1, integer=True)
+        check_number("lr", self.lr, 0.0, low_open=True)
+        if self.eps is not None:  # checked here, not after a training epoch
+            check_number("eps", self.eps, 0.0, 1.0, low_open=True)
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
@@ -88,17 +87,8 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> RunConfig:
-        """Build from plain values, rejecting unknown keys and wrong types."""
-        hints = typing.get_type_hints(cls)
-        known = [f.name for f in dataclasses.fields(cls)]
-        clean: dict[str, Any] = {}
-        for key, value in values.items():
-            if key not in hints:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
-                raise ValueError(f"{source}: unknown key {key!r}{hint}")
-            clean[key] = _coerce(key, value, hints[key], source)
-        return cls(**clean)
+        """Build from plain values, rejecting unknown keys and wrong types (:func:`mmrobust.params.build_params`)."""
+        return build_params(cls, values, owner=source, noun="key")
 
     @classmethod
     def from_toml(cls, path: str | Path) -> RunConfig:
@@ -114,26 +104,3 @@ class RunConfig:
             raise ValueError(f"{path}: tables are not allowed (flat keys only), found [{nested[0]}]")
         return cls.from_dict(values, source=str(path))
 
-
-def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
-    """Check ``value`` against the field type; ints are accepted for floats."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (hint,) = [a for a in args if a is not type(None)]
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise ValueError(f"{source}: {key} must be a list of strings, got {value!r}")
-        return tuple(value)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"{source}: {key} must be a table, got {value!r}")
-        return dict(value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ValueError(f"{source}: {key} must be {hint.__name__}, got {value!r}")
-    return value

@@ -1,23 +1,31 @@
-"""The defense contract and how a defense is built from its name and parameters.
+"""The defense contract, what defenses share, and how a defense is built from its name and parameters.
 
 A defense is a class registered with ``@register_defense`` that owns a frozen
 ``Params`` dataclass and overrides any of these hooks:
 
 * ``build(model) -> model``: change the architecture (add mixers or filters);
+  :func:`defend` calls it once per model;
 * ``loss(model, batch, ctx) -> Tensor``: the training objective;
 * ``after_training(model, train, ctx)``: post-training step (fill memory banks);
 * ``surrogate(model) -> nn.Module | None``: a differentiable stand-in for
-  adaptive (BPDA) evaluation, when inference is not usefully differentiable.
+  adaptive (BPDA) evaluation, when inference is not usefully differentiable
+  (:func:`mmrobust.model.bpda_twin` builds one).
 
 The defaults are those of an undefended model: no change, cross-entropy on
-clean data, nothing after training, no surrogate.
+clean data, nothing after training, no surrogate. What several defenses share
+lives here, not in one of them: the training adversary
+(:class:`TrainingAdversary`, PGD as Madry et al. train with it), parameter
+checks (:mod:`mmrobust.params`), and :func:`combine`, which makes one defense
+of several registered ones (``minsim+exfmem``). Exactly one registered defense
+sets ``reference = True``: the undefended model that the relative improvement
+RI is measured against.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -25,7 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmrobust.attack import RandomStarts
+from mmrobust.engine import Schedule, SignGradientAttack
 from mmrobust.model import Batch, logits_of
+from mmrobust.params import build_params, check_flag, check_number
 from mmrobust.registry import DEFENSES
 
 
@@ -57,10 +68,16 @@ class Defense:
 
     Params: ClassVar[type] = NoParams
     requires: ClassVar[tuple[str, ...]] = ()  # modalities the defense cannot do without
+    reference: ClassVar[bool] = False  # the undefended model RI is measured against (one registered defense)
 
     def __init__(self, params: Any = None, name: str = "") -> None:
         self.params = params if params is not None else self.Params()
         self.name = name
+
+    @classmethod
+    def params_type(cls) -> type:
+        """The dataclass of this defense's parameters."""
+        return cls.Params
 
     def check_modalities(self, modalities: typing.Sequence[str]) -> None:
         """Raise ValueError if the run lacks a modality this defense needs."""
@@ -83,23 +100,203 @@ class Defense:
 
 
 def build_defense(name: str, params: dict[str, Any] | None = None) -> Defense:
-    """Instantiate a registered defense, validating its parameters.
+    """Instantiate a registered defense, validating its parameters (:func:`mmrobust.params.build_params`).
 
     Raises:
         ValueError: unknown defense (with suggestions), unknown or ill-typed
             parameter (named), or a value out of range.
     """
     factory = DEFENSES.get(name)
-    params_type = factory.Params
-    fields = {f.name: f for f in dataclasses.fields(params_type)}
-    for key in params or {}:
-        if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else (
-                f"; its parameters are {', '.join(fields)}" if fields else "; it takes no parameters")
-            raise ValueError(f"defense {name!r} has no parameter {key!r}{hint}")
-    try:
-        params_value = params_type(**(params or {}))
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"defense {name!r}: {error}") from None
-    return factory(params_value, name=name)
+    return factory(build_params(factory.params_type(), params or {}, owner=f"defense {name!r}"), name=name)
+
+
+def defend(defense: Defense, model: nn.Module) -> nn.Module:
+    """``defense.build(model)``, once: a model already built by a defense is refused.
+
+    Raises:
+        ValueError: the model was built by a defense before.
+    """
+    previous = getattr(model, "defended_by", None)
+    if previous is not None:
+        raise ValueError(f"the model is already built with defense {previous!r}; build it once")
+    model = defense.build(model)
+    model.defended_by = defense.name
+    return model
+
+
+def reference_defense() -> str:
+    """The name of the registered defense with ``reference = True`` (RI's reference, AMR paper Eq. 14).
+
+    Raises:
+        LookupError: none or several are so marked.
+    """
+    marked = [name for name, factory in DEFENSES.items() if getattr(factory, "reference", False)]
+    if len(marked) != 1:
+        raise LookupError(f"exactly one registered defense must set reference = True; found {marked or 'none'}")
+    return marked[0]
+
+
+# -- the training adversary ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AdversaryParams:
+    """PGD as adversarial training uses it (Madry et al., ICLR 2018; AMR paper: PGD-10, ε = 8/255, α = 2/255).
+
+    Attributes:
+        eps: L∞ radius per target modality, in the [0, 1] input domain.
+        rel_step: PGD step as a fraction of ``eps`` (0.25 → α = 2/255).
+        steps: PGD iterations.
+        random_start: start from a uniform point of the ε-ball.
+    """
+
+    eps: float = 8 / 255
+    rel_step: float = 0.25
+    steps: int = 10
+    random_start: bool = True
+
+    def __post_init__(self) -> None:
+        check_number("eps", self.eps, 0.0, 1.0, low_open=True)
+        check_number("rel_step", self.rel_step, 0.0, low_open=True)
+        check_number("steps", self.steps, 1, integer=True)
+        check_flag("random_start", self.random_start)
+
+
+class TrainingAdversary:
+    """The inner maximisation of adversarial training: PGD examples of a training batch.
+
+    * It is the native engine with every sample attacked (``attack_all``: a
+      sample the model gets wrong is perturbed too) for all its steps, keeping
+      the last iterate, as in Madry et al.; no forward checks the examples,
+      since training needs the examples, not whether they fool the model.
+    * It attacks the model in eval mode (BatchNorm running statistics, no
+      dropout), so the inner loop leaves the running statistics alone; the
+      caller's mode is restored.
+    * It differentiates with respect to the inputs only: the parameters'
+      ``.grad`` are untouched.
+    * Its random starts come from the training context's generator, so a run
+      is reproducible.
+
+    Example::
+
+        adversary = TrainingAdversary(AdversaryParams(steps=10))
+        attacked = adversary(model, batch, ("rgb", "skeleton"), ctx.generator)
+    """
+
+    def __init__(self, params: AdversaryParams | None = None) -> None:
+        self.params = params or AdversaryParams()
+        p = self.params
+        self.engine = SignGradientAttack(Schedule(steps=p.steps, rel_step=p.rel_step, random_start=p.random_start,
+                                                  early_stop=False, final_check=False))
+
+    def __call__(self, model: nn.Module, batch: Batch, targets: Sequence[str],
+                 generator: torch.Generator | None) -> Batch:
+        """The batch with ``targets`` replaced by their PGD examples; other modalities and the label as given."""
+        was_training = model.training
+        model.eval()
+        try:
+            result = self.engine(model, batch, targets, self.params.eps, attack_all=True,
+                                 starts=_starts(generator, len(batch["label"])))
+        finally:
+            model.train(was_training)
+        return {k: (v.detach() if k in targets else v) for k, v in result.batch.items()}
+
+
+def _starts(generator: torch.Generator | None, size: int) -> RandomStarts:
+    """Random starts for one training batch, seeded from the training context's generator (else the global RNG)."""
+    if generator is None:
+        seed = int(torch.randint(0, 2**62, (1,)))
+    else:
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    return RandomStarts.numbered(size, seed)
+
+
+# -- combining defenses ----------------------------------------------------------------------------
+
+def combine(*names: str) -> type[Defense]:
+    """One defense made of the registered defenses ``names``, applied in order.
+
+    Its parameters are the union of theirs (a name used by two is an error);
+    ``build`` and ``after_training`` run each part's in order; the training
+    loss and the surrogate come from the one part that defines each (two
+    parts defining the same one is an error); ``requires`` is the union.
+    The parts are looked up by name when the combination is first built, so
+    a file may register a combination of defenses it does not import.
+
+    Example::
+
+        register_defense("minsim+exfmem", combine("minsim", "exfmem"))
+    """
+    if len(names) < 2:
+        raise ValueError(f"combine needs at least two defenses, got {names}")
+
+    class Combination(Defense):
+        parts: ClassVar[tuple[str, ...]] = names
+        _params: ClassVar[type | None] = None
+
+        @classmethod
+        def params_type(cls) -> type:
+            if cls._params is None:
+                cls._params = _union_params(names)
+            return cls._params
+
+        def __init__(self, params: Any = None, name: str = "") -> None:
+            params = params if params is not None else self.params_type()()
+            super().__init__(params, name)
+            self.members = [_member(part, params, name) for part in names]
+            self.requires = tuple(dict.fromkeys(m for member in self.members for m in member.requires))
+            self._loss = _the_one(self.members, "loss", names)
+            self._surrogate = _the_one(self.members, "surrogate", names)
+
+        def build(self, model: nn.Module) -> nn.Module:
+            for member in self.members:
+                model = member.build(model)
+            return model
+
+        def loss(self, model: nn.Module, batch: Batch, ctx: TrainContext) -> torch.Tensor:
+            return self._loss.loss(model, batch, ctx) if self._loss else super().loss(model, batch, ctx)
+
+        def after_training(self, model: nn.Module, train: Any, ctx: TrainContext) -> None:
+            for member in self.members:
+                member.after_training(model, train, ctx)
+
+        def surrogate(self, model: nn.Module) -> nn.Module | None:
+            return self._surrogate.surrogate(model) if self._surrogate else None
+
+    Combination.__qualname__ = Combination.__name__ = "Combination_" + "_".join(n.replace("-", "_") for n in names)
+    Combination.__doc__ = f"The defenses {', '.join(names)} applied in order (:func:`mmrobust.defense.combine`)."
+    return Combination
+
+
+def _union_params(names: Sequence[str]) -> type:
+    fields, owners = [], {}
+    for part in names:
+        for f in dataclasses.fields(DEFENSES.get(part).params_type()):
+            if f.name in owners:
+                raise ValueError(f"cannot combine {' and '.join(names)}: both {owners[f.name]!r} and {part!r} have "
+                                 f"a parameter {f.name!r}")
+            owners[f.name] = part
+            default = (dataclasses.field(default_factory=f.default_factory)
+                       if f.default_factory is not dataclasses.MISSING else dataclasses.field(default=f.default))
+            fields.append((f.name, f.type, default))
+
+    def __post_init__(self) -> None:
+        for part in names:  # each part's own range checks
+            _part_params(part, self)
+
+    return dataclasses.make_dataclass("Params", fields, frozen=True, namespace={"__post_init__": __post_init__})
+
+
+def _part_params(part: str, params: Any) -> Any:
+    params_type = DEFENSES.get(part).params_type()
+    return params_type(**{f.name: getattr(params, f.name) for f in dataclasses.fields(params_type)})
+
+
+def _member(part: str, params: Any, name: str) -> Defense:
+    return DEFENSES.get(part)(_part_params(part, params), name=name)
+
+
+def _the_one(members: Sequence[Defense], hook: str, names: Sequence[str]) -> Defense | None:
+    defining = [m for m in members if getattr(type(m), hook) is not getattr(Defense, hook)]
+    if len(defining) > 1:
+        raise ValueError(f"cannot combine {' and '.join(names)}: more than one defines {hook}")
+    return defining[0] if defining else None

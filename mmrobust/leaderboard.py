@@ -5,7 +5,8 @@
     write_leaderboard(table, Path("leaderboards"), "ntu60", "standard-v1")
 
 Columns follow the AMR paper's tables (✓RS, ✗R, ✗S, ✗RS, Avg, RI) for one
-attack, then the Avg of the worst case over all attacks and any flags. Records
+attack, with one ✗ column per attack target the records hold (named by the
+modality codes their dataset declares, so a third modality gets its columns), then the Avg of the worst case over all attacks and any flags. Records
 of another protocol name are never ranked together. For NTU RGB+D and iMiGUE
 the paper's own PGD20 numbers are appended as rows marked ``reported``.
 """
@@ -62,10 +63,7 @@ REPORTED_SPLIT = {"ntu60": "xsub", "imigue": "xsub"}
 REPORTED_CITATION = {("imigue", "amr"): "AMR paper, Table 8 (1 AMR)"}
 REPORTED_PROTOCOL, REPORTED_ATTACK = "standard-v1", "pgd20"
 
-COLUMNS = ["defense", "modalities", "preset", "split", "✓RS", "✗R", "✗S", "✗RS", "Avg", "RI",
-           "Worst Avg", "flags", "source", "run"]
-TARGET_COLUMNS = {"R": "✗R", "S": "✗S", "RS": "✗RS"}
-NUMBER_COLUMNS = ["✓RS", "✗R", "✗S", "✗RS", "Avg", "RI", "Worst Avg"]
+REPORTED_TARGETS = ("R", "S", "RS")
 FORMATS = ("md", "csv", "html")
 
 
@@ -170,19 +168,39 @@ def _value(entry: Mapping[str, Any] | None, key: str) -> float:
     return float(value) if isinstance(value, (int, float)) else np.nan
 
 
-def _measured_row(record: Record, attack: str, reference: Record | None, common_settings: str | None) -> dict[str, Any]:
+def target_codes(records: Iterable[Record]) -> list[str]:
+    """The attack targets the records' metrics hold (``R``, ``S``, ``RS``, ...): one modality first, in the
+    order met, then the combinations."""
+    seen: dict[str, None] = {}
+    for record in records:
+        for entry in (record.metrics.get("attacks") or {}).values():
+            seen.update((key, None) for key in entry if key not in ("avg", "ri", "ci"))
+    return sorted(seen, key=lambda code: (len(code) > 1, list(seen).index(code)))
+
+
+def columns(codes: Iterable[str]) -> tuple[list[str], list[str]]:
+    """All columns and the number columns of a table over ``codes``: ✓ then the joint code, ✗ and each code."""
+    codes = list(codes)
+    clean = "✓" + max(codes, key=len, default="")
+    numbers = [clean, *[f"✗{code}" for code in codes], "Avg", "RI", "Worst Avg"]
+    return ["defense", "modalities", "preset", "split", *numbers, "flags", "source", "run"], numbers
+
+
+def _measured_row(record: Record, attack: str, reference: Record | None, common_settings: str | None,
+                  codes: list[str]) -> dict[str, Any]:
     metrics = record.metrics
     entry = (metrics.get("attacks") or {}).get(attack)
+    clean = columns(codes)[1][0]
     row = {"defense": record.defense, "modalities": _modalities(record), "preset": record.preset,
-           "split": record.split, "✓RS": _value(metrics, "clean")}
-    for target, column in TARGET_COLUMNS.items():
-        row[column] = _value(entry, target)
+           "split": record.split, clean: _value(metrics, "clean")}
+    for code in codes:
+        row[f"✗{code}"] = _value(entry, code)
     row["Avg"] = _value(entry, "avg")
     row["RI"] = np.nan
     if reference is not None:
         reference_entry = (reference.metrics.get("attacks") or {}).get(attack)
         if entry is not None and reference_entry is not None:
-            row["RI"] = relative_improvement(row["✓RS"], row["Avg"], _value(reference.metrics, "clean"),
+            row["RI"] = relative_improvement(row[clean], row["Avg"], _value(reference.metrics, "clean"),
                                              _value(reference_entry, "avg"))
     row["Worst Avg"] = _value((metrics.get("attacks") or {}).get(WORST), "avg")
     row["flags"] = _flags(record, common_settings)
@@ -192,8 +210,8 @@ def _measured_row(record: Record, attack: str, reference: Record | None, common_
 
 
 def _rank(row: Mapping[str, Any]) -> tuple:
-    """Avg, then ✓RS, descending (missing last); defense and run break ties."""
-    avg, clean = row["Avg"], row["✓RS"]
+    """Avg, then clean accuracy, descending (missing last); defense and run break ties."""
+    avg, clean = row["Avg"], next(value for key, value in row.items() if key.startswith("✓"))
     return (np.isnan(avg), -avg if not np.isnan(avg) else 0.0,
             np.isnan(clean), -clean if not np.isnan(clean) else 0.0, row["defense"], row["run"])
 
@@ -204,7 +222,7 @@ def _reported_rows(dataset: str) -> list[dict[str, Any]]:
         numbers = dict(zip(REPORTED_FIELDS, values, strict=True))
         rows.append({"defense": defense, "modalities": "rgb+skeleton", "preset": "paper",
                      "split": REPORTED_SPLIT[dataset], "✓RS": numbers["clean"],
-                     **{column: numbers[target] for target, column in TARGET_COLUMNS.items()},
+                     **{f"✗{target}": numbers[target] for target in REPORTED_TARGETS},
                      "Avg": numbers["avg"], "RI": numbers["ri"], "Worst Avg": np.nan, "flags": "",
                      "source": "reported",
                      "run": REPORTED_CITATION.get((dataset, defense), "AMR paper, Table 2")})
@@ -235,12 +253,15 @@ def build_table(records: Iterable[Record], dataset: str, protocol: str = "standa
     if common_settings is not None:
         footnotes.append("settings!: protocol_settings differ from those of most records "
                          "under the same protocol name")
-    rows = [_measured_row(r, attack, find_reference(r, chosen), common_settings) for r in chosen]
+    reported = _reported_rows(dataset) if protocol == REPORTED_PROTOCOL and attack == REPORTED_ATTACK else []
+    codes = target_codes(chosen) or (list(REPORTED_TARGETS) if reported else [])
+    if reported and codes != list(REPORTED_TARGETS):
+        reported = []  # the paper's rows have R, S and RS only
+    rows = [_measured_row(r, attack, find_reference(r, chosen), common_settings, codes) for r in chosen]
     rows.sort(key=_rank)
-    if protocol == REPORTED_PROTOCOL and attack == REPORTED_ATTACK:
-        rows += _reported_rows(dataset)
-    table = pd.DataFrame(rows, columns=COLUMNS)
-    table[NUMBER_COLUMNS] = table[NUMBER_COLUMNS].astype(float)
+    names, numbers = columns(codes)
+    table = pd.DataFrame(rows + reported, columns=names)
+    table[numbers] = table[numbers].astype(float)
     table.attrs = {"dataset": dataset, "protocol": protocol, "attack": attack, "footnotes": footnotes}
     return table
 
@@ -271,7 +292,8 @@ def render(table: pd.DataFrame, fmt: str) -> str:
     footnotes = table.attrs.get("footnotes", [])
     if fmt == "md":
         cells = [[_md_cell(value) for value in row] for row in table.itertuples(index=False)]
-        align = ["right" if column in NUMBER_COLUMNS else "left" for column in table.columns]
+        numbers = [c for c in table.columns if c[:1] in "✓✗" or c in ("Avg", "RI", "Worst Avg")]
+        align = ["right" if column in numbers else "left" for column in table.columns]
         body = tabulate(cells, headers=list(table.columns), tablefmt="pipe", colalign=align, disable_numparse=True)
         text = f"{_caption(table)}\n\n{body}\n"
         return text + ("\n" + "".join(f"- {note}\n" for note in footnotes) if footnotes else "")
@@ -298,3 +320,25 @@ def write_leaderboard(table: pd.DataFrame, out_dir: str | Path, dataset: str, pr
         write_text(path, render(table, fmt))
         paths.append(path)
     return paths
+
+
+def record_table(record: Record) -> str:
+    """One record as the paper's Table 2: one row per attack, then its notes (RI, surrogate, failed checks)."""
+    metrics = record.metrics
+    codes = target_codes([record])
+    rows = []
+    for attack, values in metrics["attacks"].items():
+        ri = values.get("ri")
+        rows.append([attack, metrics["clean"], *[values.get(t) for t in codes], values["avg"],
+                     "" if ri is None else ri])
+    headers = ["attack", columns(codes)[1][0], *[f"✗{t}" for t in codes], "Avg", "RI"]
+    lines = [tabulate(rows, headers=headers, floatfmt=".2f")]
+    note = metrics.get("ri_reference", {}).get("note")
+    if note:
+        lines.append(f"RI: {note}")
+    if record.flags.get("surrogate_used"):
+        lines.append("robust accuracy counts the worse of the direct and the surrogate (BPDA) attack")
+    failed = [k for k, ok in record.flags.get("sanity", {}).items() if not ok]
+    if failed:
+        lines.append(f"sanity checks failed: {', '.join(failed)}")
+    return "\n".join(lines)

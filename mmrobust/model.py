@@ -13,7 +13,7 @@ an embedding before fusion.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -91,6 +91,20 @@ class MultimodalNet(nn.Module):
     def modalities(self) -> tuple[str, ...]:
         return tuple(self.branches.keys())
 
+    def twin(self, filters: Mapping[str, nn.Module]) -> MultimodalNet:
+        """A model sharing every branch, mixer, head and buffer with this one, with other embedding filters.
+
+        Nothing is copied: training one trains the other, except for the filters.
+        """
+        twin = MultimodalNet.__new__(type(self))
+        nn.Module.__init__(twin)
+        twin.branches, twin.mixers, twin.head, twin.dropout = self.branches, self.mixers, self.head, self.dropout
+        twin.filters = nn.ModuleDict(filters)
+        twin.num_classes = self.num_classes
+        twin._input_shapes = dict(self._input_shapes)
+        twin.train(self.training)
+        return twin
+
     def add_mixer(self, mixer: Mixer) -> None:
         """Insert a mixer; mixers run in order of their attachment depth."""
         for modality, stage in mixer.attach.items():
@@ -130,6 +144,26 @@ class MultimodalNet(nn.Module):
             embeddings[modality] = embedding
         fused = torch.cat([embeddings[m] for m in self.branches], dim=1)
         return ModelOutput(self.head(self.dropout(fused)), embeddings, tuple(aux))
+
+
+class StraightThrough(nn.Module):
+    """BPDA (Athalye, Carlini & Wagner, ICML 2018): the wrapped module's output forward, the identity's gradient backward."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + (self.inner(x) - x).detach()
+
+
+def bpda_twin(model: MultimodalNet, wrap: Callable[[nn.Module], bool]) -> MultimodalNet:
+    """A twin of ``model`` (:meth:`MultimodalNet.twin`) whose embedding filters that ``wrap`` selects are
+    straight-through (:class:`StraightThrough`): the same forward, the identity's gradient through them.
+
+    For a defense whose filter is not usefully differentiable; ``model`` is left as it is.
+    """
+    return model.twin({m: StraightThrough(f) if wrap(f) else f for m, f in model.filters.items()})
 
 
 def stage_shapes(model: MultimodalNet, batch: Mapping[str, torch.Tensor]) -> dict[str, list[tuple[str, tuple[int, ...]]]]:

@@ -27,8 +27,9 @@ class Preset:
     dropout: float = 0.5
 
     def data_request(self, **kwargs) -> DataRequest:
+        """A request for data at this preset's input sizes (named by the preset); ``kwargs`` set the rest."""
         return DataRequest(rgb_frames=self.rgb_frames, rgb_size=self.rgb_size,
-                           skeleton_frames=self.skeleton_frames, **kwargs)
+                           skeleton_frames=self.skeleton_frames, preset=self.name, **kwargs)
 
 
 # I3D on 8×64×64 clips: the published stem stride and max pool bring 64 px to
@@ -62,21 +63,27 @@ def get_preset(name: str) -> Preset:
         raise ValueError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}") from None
 
 
-def build_model(preset: Preset, input_shapes: Mapping[str, Sequence[int]], num_classes: int) -> MultimodalNet:
+def build_model(preset: Preset, input_shapes: Mapping[str, Sequence[int]], num_classes: int,
+                like: Mapping[str, str] | None = None) -> MultimodalNet:
     """A MultimodalNet with one branch per modality in ``input_shapes``.
 
     ``input_shapes`` maps modality to its per-sample shape, e.g.
-    ``{"rgb": (3, 8, 32, 32), "skeleton": (3, 32, 25, 1)}``.
+    ``{"rgb": (3, 8, 32, 32), "skeleton": (3, 32, 25, 1)}``; ``like`` maps a
+    modality the preset has no backbone for to one it has (``{"depth": "rgb"}``).
     """
     branches = {}
     for modality, shape in input_shapes.items():
-        if modality not in preset.backbones:
-            raise ValueError(f"preset {preset.name!r} has no backbone for modality {modality!r}")
-        name, kwargs = preset.backbones[modality]
+        kind = modality if modality in preset.backbones else (like or {}).get(modality, modality)
+        if kind not in preset.backbones:
+            raise ValueError(f"preset {preset.name!r} has no backbone for modality {modality!r}; its dataset can "
+                             f"say which modality it is built like (Modality.like: one of "
+                             f"{', '.join(preset.backbones)})")
+        name, kwargs = preset.backbones[kind]
         branches[modality] = BACKBONES.get(name).from_input_shape(tuple(shape), **kwargs)
     return MultimodalNet(branches, num_classes, dropout=preset.dropout, input_shapes=input_shapes)
 
 
 def model_for(preset: Preset, data: DatasetBundle, modalities: Sequence[str] = ()) -> MultimodalNet:
     chosen = tuple(modalities) or data.modalities
-    return build_model(preset, {m: data.input_shape(m) for m in chosen}, data.num_classes)
+    like = {m: info.like for m, info in data.modality_info.items() if info.like}
+    return build_model(preset, {m: data.input_shape(m) for m in chosen}, data.num_classes, like)

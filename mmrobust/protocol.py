@@ -39,21 +39,27 @@ from torch import nn
 
 from mmrobust.attack import RandomStarts, build_attack, take
 from mmrobust.datasets.base import Split
+from mmrobust.engine import Schedule, SignGradientAttack
 from mmrobust.model import logits_of
 
 log = logging.getLogger(__name__)
 
-MODALITY_CODES = {"rgb": "R", "skeleton": "S"}
 CHUNK_BATCHES = 8  # batches of test clips handed to an attack at once
 
 
 @dataclass(frozen=True)
 class AttackSetting:
-    """One attack of a protocol: its column name, registered attack and parameters."""
+    """One attack of a protocol: its column name, registered attack and parameters.
+
+    ``at_most`` names the columns whose robust accuracy this one must not
+    exceed by more than one sample (a stronger attack of the same threat
+    model); each such pair is a sanity flag of every record.
+    """
 
     key: str
     attack: str
     params: tuple[tuple[str, Any], ...] = ()
+    at_most: tuple[str, ...] = ()
 
     def build(self):
         return build_attack(self.attack, **dict(self.params))
@@ -82,7 +88,8 @@ STANDARD_V1 = Protocol(
     eps=8 / 255,
     attacks=(
         AttackSetting("fgsm", "fgsm"),
-        AttackSetting("pgd20", "pgd", (("steps", 20), ("rel_step", 0.25), ("random_start", True))),
+        AttackSetting("pgd20", "pgd", (("steps", 20), ("rel_step", 0.25), ("random_start", True)),
+                      at_most=("fgsm",)),
         AttackSetting("cw30", "cw-inf", (("steps", 30), ("rel_step", 0.25), ("random_start", True))),
     ),
 )
@@ -124,13 +131,49 @@ def get_protocol(name: str = "standard-v1", *, eps: float | None = None,
     return protocol
 
 
-def target_sets(modalities: Sequence[str]) -> dict[str, tuple[str, ...]]:
-    """Attack targets: each modality alone, then all together (``R``, ``S``, ``RS``)."""
-    code = {m: MODALITY_CODES.get(m, m[:1].upper()) for m in modalities}
+def target_sets(modalities: Sequence[str], codes: Mapping[str, str] | None = None) -> dict[str, tuple[str, ...]]:
+    """Attack targets: each modality alone, then all together (``R``, ``S``, ``RS``).
+
+    ``codes`` are the modalities' short codes as their dataset declares them
+    (:class:`mmrobust.datasets.base.Modality`); a modality without one is
+    coded by its upper-cased initial.
+
+    Raises:
+        ValueError: two modalities with the same code.
+    """
+    code = {m: (codes or {}).get(m) or m[:1].upper() for m in modalities}
+    if len(set(code.values())) < len(code):
+        raise ValueError(f"modalities must have distinct codes, got {code}")
     sets = {code[m]: (m,) for m in modalities}
     if len(modalities) > 1:
         sets["".join(code[m] for m in modalities)] = tuple(modalities)
     return sets
+
+
+def ordering_checks(protocol: Protocol, metrics: Mapping[str, Any], targets: Mapping[str, Sequence[str]],
+                    n: int) -> dict[str, bool]:
+    """Sanity flags that follow from the protocol: within one sample of ``n``,
+
+    * ``<attack>_le_<other>``: each attack is at most the ones it names in
+      ``at_most`` (PGD ≤ FGSM), on every target;
+    * ``<joint>_le_min``: per attack, attacking every modality at once is at
+      most attacking any one of them (✗RS ≤ min(✗R, ✗S)).
+    """
+    slack = 100.0 / max(n, 1)
+    attacks = metrics["attacks"]
+    by_key = {a.key: a for a in protocol.attacks}
+    checks = {}
+    for setting in protocol.attacks:
+        for weaker in setting.at_most:
+            if setting.key in attacks and weaker in attacks:
+                checks[f"{setting.attack}_le_{by_key[weaker].attack}"] = all(
+                    attacks[setting.key][t] <= attacks[weaker][t] + slack for t in targets)
+    joint = [code for code, members in targets.items() if len(members) > 1]
+    if joint:
+        singles = [code for code, members in targets.items() if len(members) == 1]
+        checks[f"{joint[0].lower()}_le_min"] = all(
+            values[joint[0]] <= min(values[t] for t in singles) + slack for values in attacks.values())
+    return checks
 
 
 # "labels", "clean", "<attack>/<target>" -> per-sample arrays; "<attack>/<target>#checks" -> CHECKS of that cell
@@ -157,12 +200,14 @@ class Evaluation:
     cost: dict[str, float] = field(default_factory=dict)
     surrogate_used: bool = False
     disagreements: int = 0
+    targets: dict[str, tuple[str, ...]] = field(default_factory=dict)  # target code -> modalities attacked
 
 
 def evaluate(model: nn.Module, data: Split, protocol: Protocol = STANDARD_V1, *,
              modalities: Sequence[str] | None = None, batch_size: int = 64,
              device: torch.device | str = "cpu", surrogate: nn.Module | None = None,
-             store: Outcomes | None = None, progress: bool = False) -> Evaluation:
+             store: Outcomes | None = None, codes: Mapping[str, str] | None = None,
+             progress: bool = False) -> Evaluation:
     """Run ``protocol`` on every sample of ``data``.
 
     Args:
@@ -180,12 +225,14 @@ def evaluate(model: nn.Module, data: Split, protocol: Protocol = STANDARD_V1, *,
             caller keys it to the model, data and protocol
             (:class:`mmrobust.results.OutcomeStore`). If its clean outcomes
             differ from the model's, it is emptied first.
+        codes: the modalities' short codes, which name the targets
+            (:func:`target_sets`; the dataset's ``DatasetBundle.codes``).
     """
     from tqdm.auto import tqdm
 
     device = torch.device(device)
     modalities = tuple(modalities or getattr(model, "modalities", ()) or data.modalities)
-    targets = target_sets(modalities)
+    targets = target_sets(modalities, codes)
     cells = [(setting, code) for setting in protocol.attacks for code in targets]
     store = {} if store is None else store
     started = time.perf_counter()
@@ -224,7 +271,8 @@ def evaluate(model: nn.Module, data: Split, protocol: Protocol = STANDARD_V1, *,
         bar.close()
     audit["verdicts_confirmed"] = disagreements == 0
     cost["seconds"] = time.perf_counter() - started
-    return Evaluation(protocol, labels.numpy(), clean, robust, audit, cost, surrogate is not None, disagreements)
+    return Evaluation(protocol, labels.numpy(), clean, robust, audit, cost, surrogate is not None, disagreements,
+                      targets)
 
 
 def _attack_cell(model, surrogate, setting, targets, data, modalities, protocol, clean_logits, surrogate_logits,
@@ -341,8 +389,8 @@ def _sanity_checks(model: nn.Module, data: Split, modalities, device, cost: dict
     gradients_ok = all(g is not None and bool(torch.isfinite(g).all()) and bool(g.abs().sum() > 0) for g in grads)
     # A large budget must break any model; if it does not, gradients are masked.
     n = len(batch["label"])
-    huge = build_attack("pgd", steps=10, rel_step=0.25)(model, batch, modalities, 0.5,
-                                                        starts=RandomStarts.numbered(n, seed))
+    huge = SignGradientAttack(Schedule(steps=10, rel_step=0.25))(model, batch, modalities, 0.5,
+                                                                 starts=RandomStarts.numbered(n, seed))
     cost["forward_passes"] += 2 * n + huge.forward_passes
     cost["gradient_passes"] += n + huge.gradient_passes
     return {"forward_deterministic": deterministic, "gradients_finite_nonzero": gradients_ok,

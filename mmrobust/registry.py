@@ -77,6 +77,7 @@ class Registry(Generic[T]):
         self.package = package
         self._entries: dict[str, T] = {}
         self._origins: dict[str, str] = {}
+        self._families: dict[str, Callable[[str], T]] = {}
         self._loaded = False
         self._loading = False
 
@@ -107,6 +108,24 @@ class Registry(Generic[T]):
 
         return add if obj is None else add(obj)
 
+    def register_family(self, prefix: str, resolve: Callable[[str], T]) -> None:
+        """Resolve every name ``<prefix><rest>`` that is not registered itself to ``resolve(rest)``.
+
+        For entries made on demand from another library's names, such as
+        ``ta:<Class>`` for any torchattacks class; ``resolve`` raises
+        ValueError for a ``rest`` it cannot make.
+        """
+        if not prefix or not _NAME.match(prefix.lower()):
+            raise ValueError(f"invalid {self.kind} family prefix {prefix!r}")
+        if prefix in self._families:
+            raise DuplicateNameError(f"{self.kind} family {prefix!r} is already registered")
+        self._families[prefix] = resolve
+
+    def families(self) -> list[str]:
+        """The prefixes of the name families, sorted."""
+        self._load()
+        return sorted(self._families)
+
     # -- lookup -----------------------------------------------------------
     def get(self, name: str) -> T:
         """Return the entry registered as ``name``.
@@ -118,11 +137,23 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            raise UnknownNameError(self._unknown_message(name)) from None
+            pass
+        for prefix, resolve in self._families.items():
+            if name.startswith(prefix):
+                return resolve(name[len(prefix):])
+        raise UnknownNameError(self._unknown_message(name))
 
     def __contains__(self, name: object) -> bool:
         self._load()
-        return name in self._entries
+        if name in self._entries:
+            return True
+        if not isinstance(name, str) or not any(name.startswith(p) for p in self._families):
+            return False
+        try:
+            self.get(name)
+        except (ValueError, ImportError):
+            return False
+        return True
 
     def names(self) -> list[str]:
         """All registered names, sorted."""
@@ -186,17 +217,20 @@ class Registry(Generic[T]):
         For tests that register fakes.
         """
         self._load()
-        entries, origins = dict(self._entries), dict(self._origins)
+        entries, origins, families = dict(self._entries), dict(self._origins), dict(self._families)
         try:
             yield self
         finally:
-            self._entries, self._origins = entries, origins
+            self._entries, self._origins, self._families = entries, origins, families
 
 
 DATASETS: Registry[Callable[..., Any]] = Registry("dataset", "mmrobust.datasets", "mmrobust.datasets")
 BACKBONES: Registry[Callable[..., Any]] = Registry("backbone", "mmrobust.backbones", "mmrobust.backbones")
 DEFENSES: Registry[Callable[..., Any]] = Registry("defense", "mmrobust.defenses", "mmrobust.defenses")
 ATTACKS: Registry[Callable[..., Any]] = Registry("attack", "mmrobust.attacks", "mmrobust.attacks")
+
+# Extra ``mmrobust`` subcommands (click commands) that contributions add through the entry-point group.
+COMMANDS: Registry[Any] = Registry("command", "mmrobust.commands")
 
 REGISTRIES = {"dataset": DATASETS, "backbone": BACKBONES, "defense": DEFENSES, "attack": ATTACKS}
 

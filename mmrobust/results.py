@@ -36,7 +36,6 @@ from mmrobust.files import atomic_write, write_json
 log = logging.getLogger(__name__)
 
 SCHEMA = 3
-REFERENCE_DEFENSE = "none"  # the undefended model that RI is measured against (AMR paper, Eq. 14)
 OUTCOME_KEY = "key"  # entry of an outcome store holding what produced it
 
 
@@ -175,13 +174,18 @@ def is_run_record(name: str) -> bool:
     return name == "result.json" or (name.startswith("result-") and name.endswith(".json"))
 
 
-def find_reference(record: Record, candidates: Iterable[Record]) -> Record | None:
-    """The record RI is measured against: ``none`` with the same :meth:`Record.reference_key`
-    (the newest if there are several); the record itself if it is ``none``."""
-    if record.defense == REFERENCE_DEFENSE:
+def find_reference(record: Record, candidates: Iterable[Record], reference: str | None = None) -> Record | None:
+    """The record RI is measured against: one of defense ``reference`` (default: the registered
+    reference defense, :func:`mmrobust.defense.reference_defense`) with the same
+    :meth:`Record.reference_key` (the newest if there are several); the record itself if it is one."""
+    if reference is None:
+        from mmrobust.defense import reference_defense
+
+        reference = reference_defense()
+    if record.defense == reference:
         return record
     key = record.reference_key()
-    matches = [c for c in candidates if c.defense == REFERENCE_DEFENSE and c.reference_key() == key]
+    matches = [c for c in candidates if c.defense == reference and c.reference_key() == key]
     return max(matches, key=lambda c: (c.finished_at(), c.source), default=None)
 
 

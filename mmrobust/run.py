@@ -21,15 +21,15 @@ import torch
 
 from mmrobust.config import RunConfig
 from mmrobust.datasets.base import DatasetBundle
-from mmrobust.defense import Defense, TrainContext, build_defense
 from mmrobust import runtime
+from mmrobust.defense import Defense, TrainContext, build_defense, defend, reference_defense
 from mmrobust.files import write_json
 from mmrobust.metrics import fill_ri, robust_metrics
 from mmrobust.model import MultimodalNet, unimodal_modalities
 from mmrobust.presets import get_preset, model_for
-from mmrobust.protocol import STANDARD_V1, Protocol, evaluate, get_protocol
+from mmrobust.protocol import STANDARD_V1, Protocol, evaluate, get_protocol, ordering_checks
 from mmrobust.registry import DATASETS
-from mmrobust.results import (REFERENCE_DEFENSE, OutcomeStore, Record, RecordError, device_name, find_reference,
+from mmrobust.results import (OutcomeStore, Record, RecordError, device_name, find_reference,
                               outcome_key, provenance, records_beside, save_torch)
 from mmrobust.training import CHECKPOINT_FORMAT, load_checkpoint, load_model_state, resolve_device, train
 
@@ -63,7 +63,7 @@ def load_data(config: RunConfig, progress: bool = True) -> DatasetBundle:
     preset = get_preset(config.preset)
     request = preset.data_request(split=config.split, root=config.root, cache_dir=config.data_dir,
                                   seed=config.data_seed, progress=progress)
-    return DATASETS.get(config.dataset)(request)
+    return DATASETS.get(config.dataset)().load(request)
 
 
 def prepare(config: RunConfig, progress: bool = True) -> Experiment:
@@ -76,7 +76,7 @@ def prepare(config: RunConfig, progress: bool = True) -> Experiment:
     config = config.replace(epochs=config.epochs or data.default_epochs, modalities=modalities,
                             split=config.split or data.split)
     torch.manual_seed(config.seed)
-    model = defense.build(model_for(get_preset(config.preset), data, modalities))
+    model = defend(defense, model_for(get_preset(config.preset), data, modalities))
     return Experiment(config, data, model, defense, device)
 
 
@@ -143,14 +143,16 @@ def evaluate_experiment(exp: Experiment, run_dir: Path, protocol: Protocol, *, t
                                                            len(exp.data.test), exp.device))
     evaluation = evaluate(exp.model, exp.data.test, protocol, modalities=config.modalities,
                           batch_size=config.eval_batch_size, device=exp.device,
-                          surrogate=exp.defense.surrogate(exp.model), store=store, progress=progress)
+                          surrogate=exp.defense.surrogate(exp.model), store=store, codes=exp.data.codes,
+                          progress=progress)
     metrics = robust_metrics(evaluation.clean, evaluation.robust)
     record = Record(
         dataset=config.dataset, split=config.split, defense=config.defense, preset=config.preset,
         modalities=tuple(config.modalities), protocol=protocol.name, protocol_settings=protocol.settings(),
         config=config.to_dict(), metrics=metrics,
         flags={"surrogate_used": evaluation.surrogate_used,
-               "sanity": {**evaluation.audit, **consistency_checks(metrics, len(evaluation.labels))}},
+               "sanity": {**evaluation.audit,
+                          **ordering_checks(protocol, metrics, evaluation.targets, len(evaluation.labels))}},
         evaluation={"outcomes": outcomes, "model_digest": store.key["model"], "batch_size": config.eval_batch_size,
                     "disagreements": evaluation.disagreements, **evaluation.cost},
         data={"fingerprint": exp.data.fingerprint, "train_size": len(exp.data.train),
@@ -164,7 +166,7 @@ def evaluate_experiment(exp: Experiment, run_dir: Path, protocol: Protocol, *, t
 
 
 def attach_reference(record: Record, run_dir: Path) -> Record:
-    """Fill RI from the ``none`` record of the same setting and training seed (:func:`find_reference`).
+    """Fill RI from the reference defense's record (``none``) of the same setting and training seed (:func:`find_reference`).
 
     Looked for among the sibling run directories (``runs/<dataset>/*``); RI
     stays null, with a note, if there is none (``mmrobust leaderboard``
@@ -173,26 +175,12 @@ def attach_reference(record: Record, run_dir: Path) -> Record:
     reference = find_reference(record, records_beside(run_dir))
     if reference is None:
         metrics = {**record.metrics, "ri_reference": {
-            "run": None, "note": f"no '{REFERENCE_DEFENSE}' record of the same dataset, split, preset, modalities, "
+            "run": None, "note": f"no '{reference_defense()}' record of the same dataset, split, preset, modalities, "
                                  "protocol, data and seed was found; RI left empty"}}
     else:
         where = str(run_dir) if reference is record else reference.source
         metrics = fill_ri(record.metrics, reference.metrics, reference_run=where)
     return record.replace(metrics=metrics)
-
-
-def consistency_checks(metrics: dict[str, Any], n: int) -> dict[str, bool]:
-    """PGD ≤ FGSM and ✗RS ≤ min(✗R, ✗S) per attack, within one sample."""
-    slack = 100.0 / max(n, 1)
-    attacks = metrics["attacks"]
-    checks = {}
-    if "fgsm" in attacks and "pgd20" in attacks:
-        checks["pgd_le_fgsm"] = all(attacks["pgd20"][t] <= attacks["fgsm"][t] + slack
-                                    for t in attacks["fgsm"] if t in ("R", "S", "RS"))
-    checks["rs_le_min"] = all(
-        values["RS"] <= min(values["R"], values["S"]) + slack
-        for values in attacks.values() if all(t in values for t in ("R", "S", "RS")))
-    return checks
 
 
 def load_trained(run_dir: Path, **changes: Any) -> Experiment:
@@ -228,6 +216,20 @@ def _training_summary(run_dir: Path) -> dict[str, Any] | None:
         return Record.load(run_dir / "result.json").training
     except RecordError:
         return None
+
+
+def resume_config(state: dict[str, Any], explicit: dict[str, Any], device: str) -> RunConfig:
+    """The configuration a ``--resume`` continues: the checkpoint's, run on ``device``.
+
+    Raises:
+        RunDirError: an explicitly given setting (other than the device) differs from the checkpoint's.
+    """
+    saved = RunConfig.from_dict(state["config"], source="checkpoint config")
+    conflicts = [k for k, v in explicit.items() if k != "device" and getattr(saved, k) != v]
+    if conflicts:
+        raise RunDirError(f"--resume: {conflicts[0]}={explicit[conflicts[0]]!r} differs from the checkpoint's "
+                          f"{getattr(saved, conflicts[0])!r}; drop the flag to continue the same run")
+    return saved.replace(device=device)
 
 
 def resume_state(run_dir: Path, checkpoint: str | None) -> dict[str, Any]:

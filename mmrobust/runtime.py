@@ -9,7 +9,10 @@ them already (their values win and are recorded):
   free, each picks the widest instruction set of the CPU, and a run trained on
   an AVX-512 machine differs in the last bits from one on an AVX2 machine;
   over eight epochs of SGD those bits grow into different models. Pinned, the
-  same thread count gives bit-identical runs on any such CPU.
+  same thread count gives bit-identical runs on the same CPU model, but not
+  across models: an Intel Xeon and an AMD EPYC, both pinned to AVX2 and one
+  thread, trained every defense's one-epoch canary to different weights
+  (kernel blocking follows the caches, and with it the order of the sums).
 * ``GOMP_SPINCOUNT=2000`` (unless ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is
   set): an idle OpenMP worker thread spins 2,000 times, then sleeps. libgomp's
   default is 300,000 spins: on a machine whose two cores are busy with another
@@ -95,7 +98,7 @@ def describe() -> dict[str, Any]:
 
 # What must be equal for two runs to be bit-identical; the rest is informative
 # (the wait settings change speed, never a number).
-DECISIVE = ("machine", "kernels", "threads", "torch", "settings")
+DECISIVE = ("machine", "cpu_model", "kernels", "threads", "torch", "settings")
 
 
 def _decisive(environment: dict[str, Any], key: str) -> Any:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmrobust.datasets.base import DataRequest, DatasetBundle
+from mmrobust.datasets.base import DataRequest, Dataset, DatasetBundle
 from mmrobust.registry import DATASETS
 
 SMALL_DATASET = "synthetic-small"
@@ -44,12 +44,15 @@ def _registered_small_synthetic():
     with DATASETS.scoped():
 
         @DATASETS.register(SMALL_DATASET)
-        def load_small(request: DataRequest) -> DatasetBundle:
-            full = DATASETS.get("synthetic")(request)
-            train = full.train.take(np.arange(0, len(full.train), 5))
-            test = full.test.take(np.arange(0, len(full.test), 3))
-            return dataclasses.replace(full, name=SMALL_DATASET, train=train, test=test,
-                                       fingerprint=f"{full.fingerprint}-small", joints_in_frames=None)
+        class SmallSynthetic(Dataset):
+            modalities = DATASETS.get("synthetic").modalities
+
+            def load(self, request: DataRequest) -> DatasetBundle:
+                full = DATASETS.get("synthetic")().load(request)
+                train = full.train.take(np.arange(0, len(full.train), 5))
+                test = full.test.take(np.arange(0, len(full.test), 3))
+                return dataclasses.replace(full, name=SMALL_DATASET, train=train, test=test,
+                                           fingerprint=f"{full.fingerprint}-small", joints_in_frames=None)
 
         yield SMALL_DATASET
 

@@ -1,10 +1,11 @@
 """NTU RGB+D 60 and iMiGUE: parsing, prepare, load, bad input, resume.
 
-The real releases cannot be downloaded here, so the writers below produce
-small files in their exact formats: ``.skeleton`` text, ``_rgb.avi`` video,
-OpenPose JSON, the iMiGUE label CSV, PYSKL's pickle and the MiGA challenge
-arrays. Miniature release trees built from them go through ``prepare`` and
-``load`` end to end.
+The real releases cannot be downloaded here, so small files are written in
+their exact formats: ``.skeleton`` text and ``_rgb.avi`` video, OpenPose JSON
+and the iMiGUE label CSV by the writers of the format modules (which the
+datasets' ``example`` uses too), PYSKL's pickle and the MiGA challenge arrays
+by the writers below. Miniature release trees built from them go through
+``prepare`` and ``load`` end to end.
 """
 
 from __future__ import annotations
@@ -20,104 +21,30 @@ import textwrap
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
-from mmrobust.datasets import _cache, _imigue_format, _ntu_format, _video
+from mmrobust.datasets import _cache_read, _cache_write, _imigue_format, _ntu_format, _plan, _video
 from mmrobust.datasets import imigue as imigue_module
 from mmrobust.datasets import ntu60 as ntu_module
-from mmrobust.datasets.base import DataRequest, fingerprint_arrays
+from mmrobust.datasets._imigue_format import (
+    example_pose,
+    label_row,
+    openpose_json,
+    write_example_video,
+    write_label_csv,
+)
+from mmrobust.datasets._ntu_format import body_record, example_motion, write_example_sample, write_skeleton
+from mmrobust.datasets._video import write_video
+from mmrobust.datasets.base import DataRequest, cache_root, fingerprint_arrays
 from mmrobust.datasets.prepare import prepare
+from mmrobust.presets import get_preset
 from mmrobust.registry import DATASETS
 
 SIZES = {"rgb_frames": 4, "rgb_size": 16, "skeleton_frames": 8}
-VIDEO_W, VIDEO_H = 96, 54  # 1920x1080 / 20: colour-space coordinates scale by 1/20
 
 
-# -- writers of the real formats ---------------------------------------------
-
-def seven_digits(values) -> np.ndarray:
-    """Round to the 7 significant digits the .skeleton files carry, so text round-trips exactly."""
-    return np.vectorize(lambda v: float(f"{v:.7g}"))(np.asarray(values, dtype=np.float64))
-
-
-def ntu_body(body_id: int, xyz: np.ndarray, color: np.ndarray, *, fields=(0, 1, 1, 1, 1, 0, 0.02764709, 0.05745083, 2),
-             depth=None, orientation=None, tracking=None) -> dict:
-    """One body in one frame: the ten body fields and a (25, 12) joint table."""
-    joints = np.zeros((25, 12))
-    joints[:, 0:3] = xyz
-    joints[:, 3:5] = depth if depth is not None else np.stack([256 + 100 * xyz[:, 0], 212 - 100 * xyz[:, 1]], 1)
-    joints[:, 5:7] = color
-    joints[:, 7:11] = orientation if orientation is not None else [0.5, -0.5, 0.5, -0.5]
-    joints[:, 11] = tracking if tracking is not None else 2
-    return {"body_id": body_id, "fields": fields, "joints": seven_digits(joints)}
-
-
-def skeleton_text(frames: list[list[dict]], newline: str = "\n") -> str:
-    """The .skeleton text of ``frames`` (per frame, a list of bodies from :func:`ntu_body`)."""
-    lines = [str(len(frames))]
-    for bodies in frames:
-        lines.append(str(len(bodies)))
-        for body in bodies:
-            clipped, hlc, hls, hrc, hrs, restricted, lean_x, lean_y, tracking = body["fields"]
-            lines.append(f"{body['body_id']} {clipped} {hlc} {hls} {hrc} {hrs} {restricted} "
-                         f"{lean_x:.7g} {lean_y:.7g} {tracking}")
-            lines.append("25")
-            for joint in body["joints"]:
-                lines.append(" ".join(f"{v:.7g}" for v in joint[:11]) + f" {int(joint[11])}")
-    return newline.join(lines) + newline
-
-
-def write_skeleton(path: Path, frames: list[list[dict]], newline: str = "\n") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as stream:
-        stream.write(skeleton_text(frames, newline))
-    return path
-
-
-def write_video(path: Path, frames: np.ndarray, codec: str = "mpeg4", fps: int = 30) -> Path:
-    """Encode (T, H, W, 3) uint8 frames with PyAV (mpeg4 or mjpeg; the container follows the suffix)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
-        if codec == "mpeg4":
-            stream.options = {"qscale": "2"}
-            stream.codec_context.gop_size = 12
-        for array in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
-def openpose_json(people: list[np.ndarray]) -> str:
-    """One OpenPose frame file (BODY_25 pose, 70 face points, 21 per hand), as OpenPose 1.3 writes it."""
-    persons = []
-    for pose in people:
-        persons.append({"person_id": [-1], "pose_keypoints_2d": [round(float(v), 3) for v in pose.reshape(-1)],
-                        "face_keypoints_2d": [0.0] * 210, "hand_left_keypoints_2d": [0.0] * 63,
-                        "hand_right_keypoints_2d": [0.0] * 63, "pose_keypoints_3d": [], "face_keypoints_3d": [],
-                        "hand_left_keypoints_3d": [], "hand_right_keypoints_3d": []})
-    return json.dumps({"version": 1.3, "people": persons}, separators=(",", ":"))
-
-
-def write_imigue_csv(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = ",".join(_imigue_format.CSV_COLUMNS)
-    lines = [header] + [",".join(str(row[c]) for c in _imigue_format.CSV_COLUMNS) for row in rows]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def imigue_row(video: int, clip: int, start: int, end: int, code: int, subject: int) -> dict:
-    return {"video_id": video, "label_id": clip, "start_time": round(start / 25, 4), "start_frame": start,
-            "end_time": round(end / 25, 4), "end_frame": end, "class": code, "subject_id": subject,
-            "subject_gender": "F", "subject_nationality": "Australia", "win_or_lose": "Win"}
-
+# -- writers of the formats no example uses (PYSKL, MiGA challenge) -----------
 
 def write_pyskl(path: Path, annotations: list[dict], split: dict) -> Path:
     with open(path, "wb") as stream:
@@ -134,49 +61,6 @@ def write_challenge(root: Path, part: str, data: np.ndarray, names: list[str], l
 
 # -- a miniature NTU release ---------------------------------------------------
 
-def person_motion(seed: int, frames: int, shift: float = 0.0, amplitude: float = 0.1) -> np.ndarray:
-    """(F, 25, 3) camera-space joints of a person waving, about 3 m from the camera."""
-    rng = np.random.default_rng(seed)
-    base = np.stack([rng.uniform(-0.25, 0.25, 25) + shift, np.linspace(-0.8, 0.7, 25), 3.0 + rng.uniform(0, .2, 25)], 1)
-    t = np.arange(frames)[:, None, None]
-    wave = amplitude * np.sin(t / 3.0 + np.arange(25)[None, :, None]) * np.array([1.0, 0.5, 0.2])
-    return base[None] + wave
-
-
-def to_color(xyz: np.ndarray) -> np.ndarray:
-    """A pinhole projection into the 1920x1080 colour image (what colorX/colorY hold)."""
-    return np.stack([960 + 600 * xyz[..., 0] / xyz[..., 2] * 3, 540 - 600 * xyz[..., 1] / xyz[..., 2] * 3], -1)
-
-
-def render(color_frames: list[np.ndarray], num_frames: int) -> np.ndarray:
-    """Video frames (1920x1080 scaled by 1/20) with the people's joint boxes painted white on grey."""
-    video = np.full((num_frames, VIDEO_H, VIDEO_W, 3), 40, dtype=np.uint8)
-    for f in range(num_frames):
-        for color in color_frames[f]:
-            x = color[:, 0] * VIDEO_W / 1920
-            y = color[:, 1] * VIDEO_H / 1080
-            video[f, int(y.min()):int(np.ceil(y.max())), int(x.min()):int(np.ceil(x.max()))] = 230
-    return video
-
-
-def make_ntu_sample(root: Path, name: str, *, frames: int = 12, people: int = 1, empty_frames=(0,),
-                    codec: str = "mpeg4", seed: int = 0) -> dict:
-    """Write ``name``'s .skeleton and _rgb.avi into a release tree; return what was written."""
-    tracks = [person_motion(seed + p, frames, shift=0.6 * p, amplitude=0.1 / (p + 1)) for p in range(people)]
-    body_frames, colors = [], []
-    for f in range(frames):
-        if f in empty_frames:
-            body_frames.append([])
-            colors.append([])
-            continue
-        bodies = [ntu_body(72057594037931101 + 7 * p, tracks[p][f], to_color(tracks[p][f])) for p in range(people)]
-        body_frames.append(bodies)
-        colors.append([b["joints"][:, 5:7] for b in bodies])
-    write_skeleton(root / "nturgb+d_skeletons" / f"{name}.skeleton", body_frames)
-    write_video(root / "nturgb+d_rgb" / f"{name}_rgb.avi", render(colors, frames), codec=codec)
-    return {"frames": body_frames}
-
-
 NTU_GOOD = ["S001C001P001R001A001", "S001C002P003R001A002", "S001C003P002R002A003", "S002C001P004R001A050",
             "S002C002P007R002A058", "S003C003P008R001A010"]
 
@@ -184,7 +68,7 @@ NTU_GOOD = ["S001C001P001R001A001", "S001C002P003R001A002", "S001C003P002R002A00
 def make_ntu_tree(root: Path, names=NTU_GOOD) -> Path:
     for i, name in enumerate(names):
         two = _ntu_format.SampleName.parse(name).action >= 50
-        make_ntu_sample(root, name, people=2 if two else 1, seed=10 * i, codec="mjpeg" if i % 2 else "mpeg4")
+        write_example_sample(root, name, people=2 if two else 1, seed=10 * i, codec="mjpeg" if i % 2 else "mpeg4")
     return root
 
 
@@ -201,12 +85,12 @@ REAL_JOINT = [0.2181153, 0.1725972, 3.785547, 277.419, 191.8218, 1036.233, 519.1
 def two_body_file(tmp_path: Path, newline: str = "\n") -> tuple[Path, list[list[dict]]]:
     """Three frames: two bodies, none, one body; joint 1 of the first body is a line from a real file."""
     rng = np.random.default_rng(3)
-    first = ntu_body(72057594037931101, rng.uniform(-1, 1, (25, 3)), rng.uniform(0, 1900, (25, 2)),
-                     orientation=rng.uniform(-1, 1, (25, 4)), tracking=rng.integers(0, 3, 25))
+    first = body_record(72057594037931101, rng.uniform(-1, 1, (25, 3)), rng.uniform(0, 1900, (25, 2)),
+                        orientation=rng.uniform(-1, 1, (25, 4)), tracking=rng.integers(0, 3, 25))
     first["joints"][0] = REAL_JOINT
-    second = ntu_body(72057594037931102, rng.uniform(-1, 1, (25, 3)), rng.uniform(0, 1900, (25, 2)),
-                      fields=(3, 0, 2, 1, 3, 1, -0.1234567, 0.5, 1))
-    later = ntu_body(72057594037931101, rng.uniform(-1, 1, (25, 3)), rng.uniform(0, 1900, (25, 2)))
+    second = body_record(72057594037931102, rng.uniform(-1, 1, (25, 3)), rng.uniform(0, 1900, (25, 2)),
+                         fields=(3, 0, 2, 1, 3, 1, -0.1234567, 0.5, 1))
+    later = body_record(72057594037931101, rng.uniform(-1, 1, (25, 3)), rng.uniform(0, 1900, (25, 2)))
     frames = [[first, second], [], [later]]
     return write_skeleton(tmp_path / "S001C001P001R001A001.skeleton", frames, newline), frames
 
@@ -300,7 +184,7 @@ def _corrupt(text: str, how: str) -> str:
 def test_malformed_skeleton_files_name_file_line_and_fault(tmp_path, how, kind, message):
     path, _ = two_body_file(tmp_path)
     path.write_text(_corrupt(path.read_text(), how))
-    with pytest.raises(_cache.SampleError, match=message) as caught:
+    with pytest.raises(_plan.SampleError, match=message) as caught:
         _ntu_format.read_skeleton(path)
     assert caught.value.kind == kind
     assert str(path) in str(caught.value)
@@ -377,7 +261,7 @@ def test_read_clip_returns_the_asked_frames(tmp_path, codec, suffix):
 def test_undecodable_video_is_a_sample_error(tmp_path):
     path = tmp_path / "broken_rgb.avi"
     path.write_bytes(b"RIFF\x00\x00\x00\x00AVI LIST" + os.urandom(2000))
-    with pytest.raises(_cache.SampleError, match="broken_rgb.avi: video does not decode") as caught:
+    with pytest.raises(_plan.SampleError, match="broken_rgb.avi: video does not decode") as caught:
         _video.read_clip(str(path), [0, 1], lambda w, h: (0, 0, 8), 8)
     assert caught.value.kind == "video"
 
@@ -386,21 +270,21 @@ def test_undecodable_video_is_a_sample_error(tmp_path):
 
 def make_bad_ntu_samples(root: Path) -> dict[str, str]:
     """Add one sample per kind of bad input; return name -> expected skip kind."""
-    make_ntu_sample(root, "S004C001P001R001A005", seed=1)
+    write_example_sample(root, "S004C001P001R001A005", seed=1)
     path = root / "nturgb+d_skeletons" / "S004C001P001R001A005.skeleton"
     path.write_text(_corrupt(path.read_text(), "joint-count"))
-    make_ntu_sample(root, "S004C002P002R001A006", seed=2)
+    write_example_sample(root, "S004C002P002R001A006", seed=2)
     (root / "nturgb+d_rgb" / "S004C002P002R001A006_rgb.avi").write_bytes(b"RIFF" + bytes(3000))
-    make_ntu_sample(root, "S004C003P004R001A007", empty_frames=range(12), seed=3)
-    make_ntu_sample(root, "S005C001P005R001A008", seed=4)
+    write_example_sample(root, "S004C003P004R001A007", empty_frames=range(12), seed=3)
+    write_example_sample(root, "S005C001P005R001A008", seed=4)
     path = root / "nturgb+d_skeletons" / "S005C001P005R001A008.skeleton"
     path.write_text(_corrupt(path.read_text(), "nan"))
-    make_ntu_sample(root, "S005C002P008R001A061", seed=5)
-    make_ntu_sample(root, "S005C003P009R001A009", seed=6)
+    write_example_sample(root, "S005C002P008R001A061", seed=5)
+    write_example_sample(root, "S005C003P009R001A009", seed=6)
     (root / "nturgb+d_rgb" / "S005C003P009R001A009_rgb.avi").unlink()
-    make_ntu_sample(root, "S018C001P001R001A001", seed=7)
+    write_example_sample(root, "S018C001P001R001A001", seed=7)
     write_skeleton(root / "nturgb+d_skeletons" / "notes.skeleton", [[]])
-    make_ntu_sample(root, "S001C002P005R002A008", seed=8)  # on the official missing-skeleton list
+    write_example_sample(root, "S001C002P005R002A008", seed=8)  # on the official missing-skeleton list
     return {"S004C001P001R001A005": "malformed", "S004C002P002R001A006": "video", "S004C003P004R001A007": "no-bodies",
             "S005C001P005R001A008": "nan", "S005C002P008R001A061": "label", "S005C003P009R001A009": "missing",
             "S018C001P001R001A001": "name", "notes": "name"}
@@ -410,7 +294,7 @@ def make_bad_ntu_samples(root: Path) -> dict[str, str]:
 def ntu_release(tmp_path_factory):
     root = tmp_path_factory.mktemp("ntu") / "release"
     make_ntu_tree(root)
-    make_ntu_sample(root, "S003C001P009R002A020", empty_frames=(0, 5, 6, 7), seed=99)  # gaps inside the clip
+    write_example_sample(root, "S003C001P009R002A020", empty_frames=(0, 5, 6, 7), seed=99)  # gaps inside the clip
     bad = make_bad_ntu_samples(root)
     return root, bad
 
@@ -436,7 +320,7 @@ def test_ntu_prepare_then_load(tmp_path, ntu_release):
     assert xsub["train"]["count"] + xsub["test"]["count"] == len(good)
     assert manifest["skeleton"]["unit"] == "m" and manifest["skeleton"]["padding"] == 0.0
 
-    bundle = DATASETS.get("ntu60")(request)
+    bundle = DATASETS.get("ntu60")().load(request)
     assert (bundle.num_classes, bundle.split, bundle.skeleton_unit, bundle.default_epochs) == (60, "xsub", "m", 80)
     assert bundle.skeleton_scale == manifest["skeleton"]["scale"]
     assert bundle.class_names[0] == "drink water"
@@ -460,14 +344,14 @@ def test_ntu_prepare_then_load(tmp_path, ntu_release):
     centre = batch["rgb"][:, :, :, 6:10, 6:10].mean().item()
     assert centre > 0.75 and batch["rgb"][:, :, :, 0, :].mean().item() < 0.35
 
-    view = DATASETS.get("ntu60")(ntu_request(tmp_path, root, split="xview"))
+    view = DATASETS.get("ntu60")().load(ntu_request(tmp_path, root, split="xview"))
     for name in view.info["names"]["test"]:
         assert _ntu_format.SampleName.parse(name).camera == 1
     for name in view.info["names"]["train"]:
         assert _ntu_format.SampleName.parse(name).camera in (2, 3)
 
-    directory = _cache.cache_directory("ntu60", root, request)
-    _, arrays = _cache.open_prepared(directory)
+    directory = _cache_write.cache_directory("ntu60", root, request)
+    _, arrays = _cache_read.open_prepared(directory)
     assert manifest["fingerprint"] == fingerprint_arrays(arrays)
     assert not (directory / "progress.json").exists() and not (directory / "skeleton.raw.npy").exists()
 
@@ -476,7 +360,7 @@ def test_ntu_skeleton_values_map_back_to_metres(tmp_path, ntu_release):
     root, _ = ntu_release
     request = ntu_request(tmp_path, root)
     prepare("ntu60", root, request)
-    bundle = DATASETS.get("ntu60")(request)
+    bundle = DATASETS.get("ntu60")().load(request)
     name = "S003C001P009R002A020"  # one person, no body in frames 0, 5, 6, 7
     part = "train" if name in bundle.info["names"]["train"] else "test"
     index = bundle.info["names"][part].index(name)
@@ -497,10 +381,10 @@ def test_ntu_skeleton_values_map_back_to_metres(tmp_path, ntu_release):
 
 def test_two_person_clip_keeps_both_most_moving_first(tmp_path):
     root = tmp_path / "ntu"
-    make_ntu_sample(root, "S001C001P001R001A050", people=2, seed=5)
+    write_example_sample(root, "S001C001P001R001A050", people=2, seed=5)
     request = ntu_request(tmp_path, root)
     prepare("ntu60", root, request)
-    bundle = DATASETS.get("ntu60")(request)
+    bundle = DATASETS.get("ntu60")().load(request)
     skeleton = bundle.train.batch([0])["skeleton"][0].numpy()
     assert (skeleton[..., 0] > 0).all() and (skeleton[..., 1] > 0).all()
     sequence = _ntu_format.read_skeleton(root / "nturgb+d_skeletons" / "S001C001P001R001A050.skeleton")
@@ -513,7 +397,7 @@ def test_two_person_clip_keeps_both_most_moving_first(tmp_path):
 def test_strict_prepare_raises_with_the_path(tmp_path):
     root = tmp_path / "ntu"
     make_ntu_tree(root, NTU_GOOD[:2])
-    make_ntu_sample(root, "S004C001P001R001A005", seed=1)
+    write_example_sample(root, "S004C001P001R001A005", seed=1)
     path = root / "nturgb+d_skeletons" / "S004C001P001R001A005.skeleton"
     path.write_text(_corrupt(path.read_text(), "short-joint"))
     with pytest.raises(ValueError, match=r"S004C001P001R001A005\.skeleton:\d+: .*expected 12 fields, found 11"):
@@ -549,16 +433,16 @@ def test_load_before_prepare_names_the_command(tmp_path):
     root.mkdir()
     request = ntu_request(tmp_path, root)
     with pytest.raises(FileNotFoundError) as caught:
-        DATASETS.get("ntu60")(request)
+        DATASETS.get("ntu60")().load(request)
     message = str(caught.value)
     assert (f"mmrobust prepare --dataset ntu60 --root {root.resolve()} --rgb-frames 4 --rgb-size 16 "
             f"--skeleton-frames 8 --data-dir {tmp_path / 'cache'}") in message
-    tiny = DataRequest(root=str(root), cache_dir=str(tmp_path / "cache"))
+    tiny = get_preset("tiny").data_request(root=str(root), cache_dir=str(tmp_path / "cache"))
     with pytest.raises(FileNotFoundError, match=f"run: mmrobust prepare --dataset imigue --root {root.resolve()} "
                                                 "--preset tiny --data-dir"):
-        DATASETS.get("imigue")(tiny)
+        DATASETS.get("imigue")().load(tiny)
     with pytest.raises(ValueError, match="unknown ntu60 split 'xset'"):
-        DATASETS.get("ntu60")(ntu_request(tmp_path, root, split="xset"))
+        DATASETS.get("ntu60")().load(ntu_request(tmp_path, root, split="xset"))
     with pytest.raises(ValueError, match="'synthetic' has no prepare step"):
         prepare("synthetic", root)
 
@@ -575,21 +459,21 @@ def test_prepare_twice_reuses_the_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(_ntu_format, "build_raw_sample", never)
     assert prepare("ntu60", root, request) == first
     # Found without naming the root when only one cache has these sizes.
-    bundle = DATASETS.get("ntu60")(DataRequest(cache_dir=request.cache_dir, progress=False, **SIZES))
+    bundle = DATASETS.get("ntu60")().load(DataRequest(cache_dir=request.cache_dir, progress=False, **SIZES))
     assert len(bundle.train) + len(bundle.test) == 2
 
 
 # -- resuming --------------------------------------------------------------------
 
 def _all_arrays(tmp_path: Path, root: Path) -> dict[str, np.ndarray]:
-    _, arrays = _cache.open_prepared(_cache.cache_directory("ntu60", root, ntu_request(tmp_path, root)))
+    _, arrays = _cache_read.open_prepared(_cache_write.cache_directory("ntu60", root, ntu_request(tmp_path, root)))
     return {name: np.array(array) for name, array in arrays.items()}
 
 
 def test_killed_prepare_resumes_to_identical_arrays(tmp_path, monkeypatch, ntu_release):
     root, _ = ntu_release
     uninterrupted = prepare("ntu60", root, ntu_request(tmp_path / "a", root))
-    monkeypatch.setattr(_cache, "COMMIT_SECONDS", 0.0)
+    monkeypatch.setattr(_cache_write, "COMMIT_SECONDS", 0.0)
     real = _ntu_format.build_raw_sample
     calls: list[str] = []
 
@@ -604,11 +488,11 @@ def test_killed_prepare_resumes_to_identical_arrays(tmp_path, monkeypatch, ntu_r
     request = ntu_request(tmp_path / "b", root)
     with pytest.raises(KeyboardInterrupt):
         prepare("ntu60", root, request)
-    directory = _cache.cache_directory("ntu60", root, request)
-    assert _cache.read_json(directory / "progress.json")["next"] == 3
+    directory = _cache_write.cache_directory("ntu60", root, request)
+    assert _cache_write.read_json(directory / "progress.json")["next"] == 3
     assert not (directory / "manifest.json").exists()
     with pytest.raises(FileNotFoundError, match="was interrupted"):
-        DATASETS.get("ntu60")(request)
+        DATASETS.get("ntu60")().load(request)
 
     @functools.wraps(real)
     def counting(task, config):
@@ -632,10 +516,10 @@ def test_sigkilled_prepare_resumes(tmp_path, ntu_release):
     request = ntu_request(tmp_path / "b", root)
     script = textwrap.dedent(f"""
         import functools, time
-        from mmrobust.datasets import _cache, _ntu_format
+        from mmrobust.datasets import _cache_write, _ntu_format
         from mmrobust.datasets.base import DataRequest
         from mmrobust.datasets.prepare import prepare
-        _cache.COMMIT_SECONDS = 0.0
+        _cache_write.COMMIT_SECONDS = 0.0
         real = _ntu_format.build_raw_sample
 
         @functools.wraps(real)
@@ -647,16 +531,16 @@ def test_sigkilled_prepare_resumes(tmp_path, ntu_release):
         prepare("ntu60", {str(root)!r}, DataRequest(**{dict(request.__dict__)!r}))
     """)
     process = subprocess.Popen([sys.executable, "-c", script])
-    progress = _cache.cache_directory("ntu60", root, request) / "progress.json"
+    progress = _cache_write.cache_directory("ntu60", root, request) / "progress.json"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if progress.exists() and _cache.read_json(progress)["next"] >= 2:
+        if progress.exists() and _cache_write.read_json(progress)["next"] >= 2:
             break
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL
-    assert 2 <= _cache.read_json(progress)["next"] < uninterrupted["num_planned"]
+    assert 2 <= _cache_write.read_json(progress)["next"] < uninterrupted["num_planned"]
     assert prepare("ntu60", root, request) == uninterrupted
     a, b = _all_arrays(tmp_path / "a", root), _all_arrays(tmp_path / "b", root)
     for name in a:
@@ -673,7 +557,7 @@ def test_parallel_workers_write_the_same_cache(tmp_path, ntu_release):
 # -- PYSKL pickle ----------------------------------------------------------------
 
 def pyskl_annotation(name: str, persons: int, frames: int, seed: int, label: int | None = None) -> dict:
-    keypoint = np.stack([person_motion(seed + p, frames, shift=0.5 * p) for p in range(persons)]).astype(np.float16)
+    keypoint = np.stack([example_motion(seed + p, frames, shift=0.5 * p) for p in range(persons)]).astype(np.float16)
     keypoint[:, 0] = 0  # an all-zero leading frame, as PYSKL trims only sometimes
     parsed = _ntu_format.SampleName.parse(name)
     return {"frame_dir": name, "label": parsed.action - 1 if label is None else label,
@@ -697,7 +581,7 @@ def test_pyskl_pickle_is_a_skeleton_source(tmp_path):
     assert manifest["excluded_missing_skeletons"] == ["S001C002P005R002A008"]
     assert manifest["pyskl_split_disagreements"] == {"xsub": 0, "xview": 0}
 
-    bundle = DATASETS.get("ntu60")(request)
+    bundle = DATASETS.get("ntu60")().load(request)
     assert bundle.modalities == ("skeleton",)
     assert bundle.info["names"]["train"] == ["S001C001P001R001A001", "S002C003P002R002A010"]
     index = bundle.info["names"]["test"].index("S001C002P003R001A051")
@@ -738,58 +622,27 @@ def test_pyskl_layouts_other_than_documented_are_rejected(tmp_path):
 
 # -- iMiGUE ------------------------------------------------------------------------
 
-IMIGUE_W, IMIGUE_H, IMIGUE_FRAMES = 64, 36, 200
-
-
-def imigue_pose(frame: int, seed: int) -> np.ndarray:
-    """(25, 3) BODY_25 pose in pixels of a 64x36 video; joints 19-24 (feet) undetected."""
-    rng = np.random.default_rng(seed)
-    pose = np.zeros((25, 3))
-    pose[:, 0] = 24 + rng.uniform(0, 16, 25) + 2 * np.sin(frame / 5)
-    pose[:, 1] = 6 + rng.uniform(0, 24, 25)
-    pose[:, 2] = rng.uniform(0.3, 0.95, 25)
-    pose[19:] = 0
-    return np.round(pose, 3)
-
-
-def make_imigue_video(root: Path, video: int, seed: int, *, json_frames=True, video_file=True) -> None:
-    frames = np.full((IMIGUE_FRAMES, IMIGUE_H, IMIGUE_W, 3), 30, dtype=np.uint8)
-    folder = root / "Data" / "skeleton" / "raw" / str(video)
-    for f in range(IMIGUE_FRAMES):
-        pose = imigue_pose(f, seed)
-        detected = pose[:19]
-        frames[f, int(detected[:, 1].min()):int(detected[:, 1].max()) + 1,
-               int(detected[:, 0].min()):int(detected[:, 0].max()) + 1] = 220
-        if json_frames:
-            folder.mkdir(parents=True, exist_ok=True)
-            bystander = pose.copy()
-            bystander[:, 2] *= 0.2  # a less confident second person
-            (folder / f"{video}_{f:012d}_keypoints.json").write_text(openpose_json([bystander, pose]))
-    if video_file:
-        write_video(root / "Data" / "video" / f"{video}.mp4", frames, codec="mpeg4", fps=25)
-
-
 @pytest.fixture(scope="module")
 def imigue_release(tmp_path_factory):
     root = tmp_path_factory.mktemp("imigue") / "release"
-    make_imigue_video(root, 101, seed=1)
-    make_imigue_video(root, 102, seed=2)
-    make_imigue_video(root, 103, seed=3, json_frames=False)
-    make_imigue_video(root, 104, seed=4, video_file=False)
+    write_example_video(root, 101, seed=1)
+    write_example_video(root, 102, seed=2)
+    write_example_video(root, 103, seed=3, json_frames=False)
+    write_example_video(root, 104, seed=4, video_file=False)
     # clip 102_3 reads frame 91, which is corrupt; clip 102_4 has nobody in 110-120
     (root / "Data/skeleton/raw/102/102_000000000091_keypoints.json").write_text("{not json")
     for f in range(108, 123):
         (root / f"Data/skeleton/raw/102/102_{f:012d}_keypoints.json").write_text(openpose_json([]))
-    rows = [imigue_row(101, 1, 10, 40, 5, 2), imigue_row(101, 2, 150, 190, 99, 2), imigue_row(102, 1, 0, 30, 31, 1),
-            imigue_row(102, 2, 40, 70, 12, 1), imigue_row(101, 3, 50, 60, 50, 2), imigue_row(103, 1, 5, 20, 3, 3),
-            imigue_row(104, 1, 5, 20, 3, 4), imigue_row(102, 3, 85, 95, 7, 1), imigue_row(102, 4, 110, 120, 7, 1),
-            imigue_row(101, 1, 10, 40, 5, 2), {**imigue_row(101, 9, 0, 5, 1, 2), "start_frame": "x"}]
-    write_imigue_csv(root / "Label" / "labels_20200831.csv", rows)
+    rows = [label_row(101, 1, 10, 40, 5, 2), label_row(101, 2, 150, 190, 99, 2), label_row(102, 1, 0, 30, 31, 1),
+            label_row(102, 2, 40, 70, 12, 1), label_row(101, 3, 50, 60, 50, 2), label_row(103, 1, 5, 20, 3, 3),
+            label_row(104, 1, 5, 20, 3, 4), label_row(102, 3, 85, 95, 7, 1), label_row(102, 4, 110, 120, 7, 1),
+            label_row(101, 1, 10, 40, 5, 2), {**label_row(101, 9, 0, 5, 1, 2), "start_frame": "x"}]
+    write_label_csv(root / "Label" / "labels_20200831.csv", rows)
     return root
 
 
 def test_openpose_frame_parses_exactly(tmp_path):
-    first, second = imigue_pose(0, 1), imigue_pose(3, 2)
+    first, second = example_pose(0, 1), example_pose(3, 2)
     first[:, 2] = np.round(first[:, 2] / 2, 3)  # the second person is the more confident one
     path = tmp_path / "7_000000000003_keypoints.json"
     path.write_text(openpose_json([first, second]))
@@ -812,17 +665,17 @@ def test_openpose_frame_parses_exactly(tmp_path):
 def test_bad_openpose_frames_are_sample_errors(tmp_path, content, kind, message):
     path = tmp_path / "1_000000000000_keypoints.json"
     path.write_text(content)
-    with pytest.raises(_cache.SampleError, match=message) as caught:
+    with pytest.raises(_plan.SampleError, match=message) as caught:
         _imigue_format.read_openpose_frame(path)
     assert caught.value.kind == kind and caught.value.path == str(path)
-    with pytest.raises(_cache.SampleError, match="not found") as caught:
+    with pytest.raises(_plan.SampleError, match="not found") as caught:
         _imigue_format.read_openpose_frame(tmp_path / "absent.json")
     assert caught.value.kind == "missing"
 
 
 def test_label_csv_rows_and_columns(tmp_path):
-    path = write_imigue_csv(tmp_path / "labels.csv", [imigue_row(371, 1, 171, 246, 20, 1),
-                                                      {**imigue_row(371, 2, 247, 318, 18, 1), "class": "x"}])
+    path = write_label_csv(tmp_path / "labels.csv", [label_row(371, 1, 171, 246, 20, 1),
+                                                     {**label_row(371, 2, 247, 318, 18, 1), "class": "x"}])
     rows, errors = _imigue_format.read_label_csv(path)
     assert rows == [_imigue_format.ClipRow(371, 1, 171, 246, 20, 1, 2)]
     assert len(errors) == 1 and errors[0].path == f"{path}:3" and "class 'x' is not an integer" in errors[0].reason
@@ -848,7 +701,7 @@ def test_imigue_prepare_then_load(tmp_path, imigue_release):
     assert manifest["per_class"][4] == 1 and manifest["per_class"][31] == 1
     assert manifest["skeleton"]["unit"] == "px"
 
-    bundle = DATASETS.get("imigue")(request)
+    bundle = DATASETS.get("imigue")().load(request)
     assert (bundle.split, bundle.num_classes, bundle.skeleton_unit, bundle.default_epochs) == ("xsub", 32, "px", 40)
     assert bundle.class_names[31] == "99"
     assert bundle.input_shape("skeleton") == (2, 8, 25, 1) and bundle.input_shape("rgb") == (3, 4, 16, 16)
@@ -863,7 +716,7 @@ def test_imigue_prepare_then_load(tmp_path, imigue_release):
     offset = np.array(bundle.info["skeleton"]["offset"])
     for step, frame in enumerate(frames):
         physical = skeleton[1, :, step, :19, 0].T * bundle.skeleton_scale + offset
-        np.testing.assert_allclose(physical, imigue_pose(frame, 1)[:19, :2], atol=1e-4)  # the confident person
+        np.testing.assert_allclose(physical, example_pose(frame, 1)[:19, :2], atol=1e-4)  # the confident person
     centre = batch["rgb"][:, :, :, 6:10, 6:10].mean().item()
     assert centre > 0.7 and batch["rgb"][:, :, :, 0, :].mean().item() < 0.3
 
@@ -872,14 +725,14 @@ def test_imigue_layout_errors(tmp_path, imigue_release):
     request = ntu_request(tmp_path, tmp_path)
     with pytest.raises(FileNotFoundError, match="no label CSV"):
         prepare("imigue", tmp_path, request)
-    write_imigue_csv(tmp_path / "labels.csv", [imigue_row(1, 1, 0, 5, 1, 2)])
+    write_label_csv(tmp_path / "labels.csv", [label_row(1, 1, 0, 5, 1, 2)])
     with pytest.raises(FileNotFoundError, match="no OpenPose keypoint folder"):
         prepare("imigue", tmp_path, request)
     (tmp_path / "labels.csv").write_text("video_id,class\n1,2\n")
     with pytest.raises(ValueError, match=r"labels\.csv: label CSV lacks column\(s\) label_id"):
         prepare("imigue", tmp_path, request)
     with pytest.raises(ValueError, match="'xview'"):
-        DATASETS.get("imigue")(ntu_request(tmp_path, imigue_release, split="xview"))
+        DATASETS.get("imigue")().load(ntu_request(tmp_path, imigue_release, split="xview"))
 
 
 def test_imigue_challenge_release(tmp_path):
@@ -903,7 +756,7 @@ def test_imigue_challenge_release(tmp_path):
     assert manifest["source"] == "challenge" and manifest["num_samples"] == 5
     assert {s["name"]: s["kind"] for s in manifest["skipped"]} == {"train/c": "label", "train/d": "nan"}
     assert manifest["splits"]["challenge"]["train"]["count"] == 2
-    bundle = DATASETS.get("imigue")(request)
+    bundle = DATASETS.get("imigue")().load(request)
     assert bundle.split == "challenge" and bundle.modalities == ("skeleton",)
     assert bundle.input_shape("skeleton") == (2, 8, 22, 1)
     assert bundle.info["names"]["train"] == ["train/a", "train/b"]
@@ -915,7 +768,7 @@ def test_imigue_challenge_release(tmp_path):
     expected = train[0, :2, :, :21, 0][:, _video.uniform_indices(90, 8)].transpose(1, 2, 0)
     np.testing.assert_allclose(physical, expected, atol=1e-3)
     with pytest.raises(ValueError, match="offers splits"):
-        DATASETS.get("imigue")(ntu_request(tmp_path, root, split="xsub"))
+        DATASETS.get("imigue")().load(ntu_request(tmp_path, root, split="xsub"))
 
     bad = tmp_path / "bad"
     write_challenge(bad, "train", np.zeros((2, 2, 90, 22, 1), np.float32), ["a", "b"], [0, 1])
@@ -930,35 +783,37 @@ def test_imigue_challenge_release(tmp_path):
 
 def test_indexed_rows_read_lazily_in_any_order():
     base = np.arange(60).reshape(10, 3, 2)
-    rows = _cache.select_rows(base, np.array([7, 2, 5]))
-    assert isinstance(rows, _cache.IndexedRows) and len(rows) == 3 and rows.shape == (3, 3, 2)
+    rows = _cache_read.select_rows(base, np.array([7, 2, 5]))
+    assert isinstance(rows, _cache_read.IndexedRows) and len(rows) == 3 and rows.shape == (3, 3, 2)
     np.testing.assert_array_equal(rows[[2, 0]], base[[5, 7]])
     np.testing.assert_array_equal(rows[1], base[2])
     np.testing.assert_array_equal(rows[:, 1, 0], base[[7, 2, 5], 1, 0])
     np.testing.assert_array_equal(np.asarray(rows), base[[7, 2, 5]])
-    contiguous = _cache.select_rows(base, np.array([3, 4, 5]))
+    contiguous = _cache_read.select_rows(base, np.array([3, 4, 5]))
     assert isinstance(contiguous, np.ndarray) and np.shares_memory(contiguous, base)
 
 
 def test_cache_location_follows_request_then_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("MMROBUST_CACHE", str(tmp_path / "env"))
-    assert _cache.cache_root(None) == tmp_path / "env"
-    assert _cache.cache_root(str(tmp_path / "given")) == tmp_path / "given"
+    assert cache_root(None) == tmp_path / "env"
+    assert cache_root(str(tmp_path / "given")) == tmp_path / "given"
     monkeypatch.delenv("MMROBUST_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert _cache.cache_root(None) == tmp_path / "xdg" / "mmrobust"
-    a = _cache.cache_directory("ntu60", tmp_path / "r", DataRequest())
-    assert a != _cache.cache_directory("ntu60", tmp_path / "r", DataRequest(rgb_size=32))
-    assert a != _cache.cache_directory("ntu60", tmp_path / "other", DataRequest())
-    assert a == _cache.cache_directory("ntu60", tmp_path / "r", DataRequest(split="xview", seed=3))
+    assert cache_root(None) == tmp_path / "xdg" / "mmrobust"
+    a = _cache_write.cache_directory("ntu60", tmp_path / "r", DataRequest())
+    assert a != _cache_write.cache_directory("ntu60", tmp_path / "r", DataRequest(rgb_size=32))
+    assert a != _cache_write.cache_directory("ntu60", tmp_path / "other", DataRequest())
+    assert a == _cache_write.cache_directory("ntu60", tmp_path / "r", DataRequest(split="xview", seed=3))
+    same_sizes = get_preset("tiny").data_request(progress=False)  # names its preset: not part of the key
+    assert same_sizes.preset == "tiny" and a == _cache_write.cache_directory("ntu60", tmp_path / "r", same_sizes)
 
 
 def test_a_second_prepare_of_the_same_cache_is_refused(tmp_path):
     root = make_ntu_tree(tmp_path / "ntu", NTU_GOOD[:1])
     request = ntu_request(tmp_path, root)
-    directory = _cache.cache_directory("ntu60", root, request)
+    directory = _cache_write.cache_directory("ntu60", root, request)
     directory.mkdir(parents=True)
-    with _cache._exclusive(directory):
+    with _cache_write._exclusive(directory):
         with pytest.raises(RuntimeError, match="another prepare is writing to"):
             prepare("ntu60", root, request)
     assert prepare("ntu60", root, request)["num_samples"] == 1
@@ -974,4 +829,20 @@ def test_several_prepared_roots_need_a_choice(tmp_path):
         root = make_ntu_tree(tmp_path / name, NTU_GOOD[:1])
         prepare("ntu60", root, ntu_request(tmp_path, root))
     with pytest.raises(FileNotFoundError, match="prepared from several roots"):
-        DATASETS.get("ntu60")(DataRequest(cache_dir=str(tmp_path / "cache"), progress=False, **SIZES))
+        DATASETS.get("ntu60")().load(DataRequest(cache_dir=str(tmp_path / "cache"), progress=False, **SIZES))
+
+
+def test_a_plan_without_sample_names_is_refused(tmp_path):
+    root = make_ntu_tree(tmp_path / "ntu", NTU_GOOD[:1])
+    plan = ntu_module.plan_ntu60(root, ntu_request(tmp_path, root))
+    del plan.arrays["name"]
+    with pytest.raises(ValueError, match=r"every cache needs skeleton, label, name \(lacking: name\)"):
+        _cache_write.run_prepare(plan, tmp_path / "cache", {}, progress=False)
+
+
+def test_worker_modules_import_neither_torch_nor_the_registry():
+    modules = ("_plan", "_unpickle", "_video", "_ntu_format", "_imigue_format")
+    script = (f"import sys; import {', '.join(f'mmrobust.datasets.{m}' for m in modules)}; "
+              "print(sorted(m for m in ('torch', 'mmrobust.registry', 'mmrobust.datasets.base') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

@@ -10,6 +10,7 @@ validated by name.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import math
 import re
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmrobust.datasets.base import Split
-from mmrobust.defense import Defense, TrainContext, build_defense
+from mmrobust.defense import Defense, TrainContext, build_defense, combine, defend, reference_defense
 from mmrobust.model import MultimodalNet
 from mmrobust.presets import PRESETS, build_model
 from mmrobust.registry import DEFENSES
@@ -55,7 +56,7 @@ def context(seed: int = 0, model: MultimodalNet | None = None) -> TrainContext:
 
 def defended(name: str, seed: int = 0, classes: int = CLASSES, **params) -> tuple[Defense, MultimodalNet]:
     defense = build_defense(name, params)
-    return defense, defense.build(tiny_model(seed, classes))
+    return defense, defend(defense, tiny_model(seed, classes))
 
 
 def trained(name: str) -> tuple[Defense, MultimodalNet]:
@@ -132,6 +133,35 @@ def test_a_checkpoint_reproduces_the_logits(name):
     batch = random_batch()
     with torch.no_grad():
         assert torch.equal(fresh.eval()(batch).logits, model(batch).logits)
+
+
+def test_a_model_is_built_once(name):
+    defense, model = defended(name)
+    with pytest.raises(ValueError, match=re.escape(f"already built with defense '{name}'; build it once")):
+        defend(build_defense(name, {}), model)
+
+
+def test_exactly_one_defense_is_the_reference_and_it_is_undefended():
+    name = reference_defense()
+    defense, model = defended(name)
+    assert type(defense).build is Defense.build and type(defense).loss is Defense.loss
+    with DEFENSES.scoped():
+        DEFENSES.register("second-reference")(type("SecondReference", (Defense,), {"reference": True}))
+        with pytest.raises(LookupError, match="exactly one"):
+            reference_defense()
+
+
+def test_a_combination_has_both_parameters_one_loss_and_refuses_clashes():
+    combined = DEFENSES.get("minsim+exfmem")
+    fields = {f.name for f in dataclasses.fields(combined.params_type())}
+    assert fields == {f.name for n in ("minsim", "exfmem") for f in dataclasses.fields(DEFENSES.get(n).Params)}
+    with DEFENSES.scoped():
+        DEFENSES.register("clash")(combine("exfmem", "amr"))  # both have ``lam``
+        with pytest.raises(ValueError, match="both 'exfmem' and 'amr' have a parameter 'lam'"):
+            build_defense("clash", {})
+        DEFENSES.register("two-losses")(combine("minsim", "at-rs"))
+        with pytest.raises(ValueError, match="more than one defines loss"):
+            build_defense("two-losses", {})
 
 
 def test_an_unknown_parameter_is_named(name):
@@ -350,7 +380,9 @@ def test_minsim_exfmem_trains_with_the_minsim_loss_and_has_both_parts():
 # -- AMR ------------------------------------------------------------------------------------------------
 
 def amr_module():
-    return DEFENSES.get("amr")
+    import mmrobust.defenses.amr
+
+    return mmrobust.defenses.amr
 
 
 def test_amr_attaches_to_the_last_blocks_with_full_feature_map_weights():
@@ -395,8 +427,6 @@ def test_amr_loss_by_hand_on_two_classes():
 
 
 def test_amr_loss_is_eq_12_on_the_models_clean_and_adversarial_outputs():
-    from mmrobust.defenses.adversarial_training import adversarial_batch
-
     defense, model = defended("amr", classes=2, amrs=2, lam=0.5)
     for module in model.modules():
         if isinstance(module, nn.Dropout):
@@ -404,8 +434,7 @@ def test_amr_loss_is_eq_12_on_the_models_clean_and_adversarial_outputs():
     model.train()
     batch = random_batch(classes=2)
     loss = defense.loss(copy.deepcopy(model), batch, context(seed=5, model=model))
-    attacked = adversarial_batch(model, batch, ("rgb", "skeleton"), defense.adversary, EPS,
-                                 torch.Generator().manual_seed(5))
+    attacked = defense.adversary(model, batch, ("rgb", "skeleton"), torch.Generator().manual_seed(5))
     clean, adversarial = model(batch), model(attacked)
     y = batch["label"]
 
@@ -419,7 +448,7 @@ def test_amr_loss_is_eq_12_on_the_models_clean_and_adversarial_outputs():
     torch.testing.assert_close(loss, expected)
 
 
-def test_amr_weight_summary_and_plot_through_the_registry(tmp_path):
+def test_amr_weight_summary_and_plot(tmp_path):
     _, model = defended("amr", amrs=2)
     with torch.no_grad():
         for mixer, (rgb, skeleton) in zip(model.mixers, [(0.5, 2.0), (0.25, 1.5)]):

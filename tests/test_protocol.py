@@ -271,7 +271,7 @@ def test_amr_weights_command_prints_table_3_and_plots_figure_4(small_synthetic_m
     assert invoke("run", "--dataset", small_synthetic_module, "--epochs", 1, "--attacks", "fgsm",
                   "--run-dir", none_dir, "--quiet").exit_code == 0
     result = invoke("amr-weights", "--run-dir", none_dir)
-    assert result.exit_code != 0 and "not 'amr'" in result.output
+    assert result.exit_code != 0 and "has no AMR: it was trained with defense 'none'" in result.output
 
 
 def test_a_store_whose_clean_outcomes_differ_is_emptied_first(small_problem, caplog):

@@ -11,9 +11,8 @@ from torch import nn
 
 from mmrobust.attack import Attack, AttackResult, clean_fooled
 from mmrobust.datasets.base import Split
-from mmrobust.protocol import AttackSetting, Protocol, evaluate
+from mmrobust.protocol import STANDARD_V1, AttackSetting, Protocol, evaluate, ordering_checks, target_sets
 from mmrobust.registry import ATTACKS
-from mmrobust.run import consistency_checks
 
 SHAPES = {"rgb": (3, 2, 4, 4), "skeleton": (3, 4, 5, 1)}
 CLASSES = 3
@@ -123,9 +122,20 @@ def metrics(fgsm: tuple[float, float, float], pgd: tuple[float, float, float]) -
     return {"attacks": {"fgsm": dict(zip(("R", "S", "RS"), fgsm)), "pgd20": dict(zip(("R", "S", "RS"), pgd))}}
 
 
-def test_consistency_flags_trip_on_inconsistent_accuracies():
-    sound = consistency_checks(metrics((50, 60, 40), (30, 40, 20)), n=100)
-    assert sound == {"pgd_le_fgsm": True, "rs_le_min": True}
-    assert consistency_checks(metrics((50, 60, 40), (55, 40, 20)), n=100)["pgd_le_fgsm"] is False
-    assert consistency_checks(metrics((50, 60, 40), (30, 40, 35)), n=100)["rs_le_min"] is False
-    assert consistency_checks(metrics((50, 60, 40), (50.5, 40, 20)), n=100)["pgd_le_fgsm"] is True  # one sample
+def test_ordering_flags_follow_the_protocol_and_trip_on_inconsistent_accuracies():
+    targets = target_sets(("rgb", "skeleton"))
+
+    def checks(fgsm, pgd):
+        return ordering_checks(STANDARD_V1, metrics(fgsm, pgd), targets, n=100)
+
+    assert checks((50, 60, 40), (30, 40, 20)) == {"pgd_le_fgsm": True, "rs_le_min": True}
+    assert checks((50, 60, 40), (55, 40, 20))["pgd_le_fgsm"] is False
+    assert checks((50, 60, 40), (30, 40, 35))["rs_le_min"] is False
+    assert checks((50, 60, 40), (50.5, 40, 20))["pgd_le_fgsm"] is True  # within one sample
+
+
+def test_ordering_flags_are_named_by_the_protocols_attacks_and_the_modality_codes():
+    protocol = Protocol("p", EPS, (AttackSetting("weak", "fgsm"), AttackSetting("strong", "cw-inf", at_most=("weak",))))
+    targets = target_sets(("rgb", "depth"), {"depth": "D"})
+    values = {"attacks": {"weak": {"R": 50, "D": 60, "RD": 40}, "strong": {"R": 60, "D": 30, "RD": 20}}}
+    assert ordering_checks(protocol, values, targets, n=100) == {"cw-inf_le_fgsm": False, "rd_le_min": True}

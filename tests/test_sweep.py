@@ -12,8 +12,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from mmrobust.canary import record_digests
+from mmrobust.canary import add_environment, for_environment, record_digests
 from mmrobust.cli import cli
+from mmrobust.datasets.base import Dataset
 from mmrobust.registry import DATASETS
 
 ONE_EPOCH = "synthetic-small-1ep"
@@ -25,9 +26,10 @@ def one_epoch_dataset(small_synthetic):
     with DATASETS.scoped():
 
         @DATASETS.register(ONE_EPOCH)
-        def load(request):
-            bundle = DATASETS.get(small_synthetic)(request)
-            return dataclasses.replace(bundle, name=ONE_EPOCH, default_epochs=1)
+        class OneEpoch(Dataset):
+            def load(self, request):
+                bundle = DATASETS.get(small_synthetic)().load(request)
+                return dataclasses.replace(bundle, name=ONE_EPOCH, default_epochs=1)
 
         yield ONE_EPOCH
 
@@ -54,8 +56,19 @@ def test_sweep_writes_records_and_leaderboard_then_reuses_and_guards_runs(tmp_pa
     assert record == in_run and record["training"]["epochs"] == 1
     assert (board / "records" / "minsim-tiny-s0.outcomes.npz").read_bytes() == (run / "outcomes.npz").read_bytes()
     canary = json.loads((board / "canary.json").read_text())
-    assert sorted(canary["defenses"]) == ["minsim", "none"] and canary["attacks"]
+    assert sorted(canary["defenses"]) == ["minsim", "none"] and len(canary["environments"]) == 1
+    assert sorted(canary["environments"][0]["defenses"]) == ["minsim", "none"] and canary["environments"][0]["attacks"]
     assert canary["records"] == record_digests(board / "records")
+
+    # Another machine adds its own canaries beside the sweep's; the same machine replaces its own.
+    ours = canary["environments"][0]
+    other = {**ours, "environment": {**ours["environment"], "cpu_model": "Another CPU"}}
+    (board / "canary.json").write_text(json.dumps({**canary, "environments": [ours, other]}))
+    add_environment(board)
+    again = json.loads((board / "canary.json").read_text())
+    assert again["environments"] == [other, ours]  # the same code computes the same canaries here
+    assert for_environment(again, ours["environment"]) == ours
+    assert for_environment(again, {**ours["environment"], "cpu_model": "A third CPU"}) is None
     record = json.loads((board / "records" / "minsim-tiny-s0.json").read_text())
 
     second = _sweep(tmp_path, one_epoch_dataset)

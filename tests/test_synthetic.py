@@ -39,7 +39,7 @@ def small():
 @pytest.fixture(scope="module")
 def bundle():
     """The default synthetic dataset, from the session cache."""
-    return DATASETS.get("synthetic")(DataRequest(progress=False))
+    return DATASETS.get("synthetic")().load(DataRequest(progress=False))
 
 
 # -- determinism --------------------------------------------------------------------------
@@ -146,14 +146,14 @@ def test_second_load_reuses_the_cache(bundle, monkeypatch):
         raise AssertionError("the cache was not reused")
 
     monkeypatch.setattr(synthetic, "generate", no_generation)
-    again = DATASETS.get("synthetic")(DataRequest(progress=False))
+    again = DATASETS.get("synthetic")().load(DataRequest(progress=False))
     assert again.fingerprint == bundle.fingerprint
     np.testing.assert_array_equal(again.test.arrays["rgb"], bundle.test.arrays["rgb"])
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "flipped-byte", "empty"])
 def test_a_damaged_cache_is_regenerated_not_trusted(bundle, tmp_path, monkeypatch, caplog, damage):
-    cached = DATASETS.get("synthetic")(DataRequest(progress=False)).info["cache"]
+    cached = DATASETS.get("synthetic")().load(DataRequest(progress=False)).info["cache"]
     original = Path(cached).read_bytes()
     cache_dir = tmp_path / "cache"
     path = cache_dir / "synthetic" / Path(cached).name
@@ -177,14 +177,14 @@ def test_a_damaged_cache_is_regenerated_not_trusted(bundle, tmp_path, monkeypatc
 
     monkeypatch.setattr(synthetic, "generate", small_generate)
     with caplog.at_level(logging.WARNING, logger="mmrobust.datasets.synthetic"):
-        data = DATASETS.get("synthetic")(DataRequest(cache_dir=str(cache_dir), progress=False))
+        data = DATASETS.get("synthetic")().load(DataRequest(cache_dir=str(cache_dir), progress=False))
 
     assert len(calls) == 1
     assert len(data.train) == SMALL.train_subjects * SMALL.train_repeats * K
     assert data.fingerprint != bundle.fingerprint
     assert any("regenerating" in r.getMessage() for r in caplog.records)
     # The rewritten cache is whole: the next load reads it without generating.
-    data_again = DATASETS.get("synthetic")(DataRequest(cache_dir=str(cache_dir), progress=False))
+    data_again = DATASETS.get("synthetic")().load(DataRequest(cache_dir=str(cache_dir), progress=False))
     assert len(calls) == 1
     assert data_again.fingerprint == data.fingerprint
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left behind

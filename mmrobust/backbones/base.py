@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -10,13 +12,29 @@ class Backbone(nn.Module):
     """An ordered list of named stages between input normalisation and pooling.
 
     Subclasses fill ``self.stages`` (an ``nn.ModuleDict`` in execution order)
-    and set ``self.embedding_dim``; they implement :meth:`normalize`,
-    :meth:`pool_map` and, if the embedding is more than a global pool,
-    :meth:`embed`.
+    and set ``self.embedding_dim``; they implement :meth:`from_input_shape`,
+    :meth:`normalize`, :meth:`pool_map` and, if the embedding is more than a
+    global pool, :meth:`embed`. For the contract tests
+    (``tests/test_contract_backbones.py``) they set :attr:`example_shape` and
+    implement :meth:`example`.
     """
 
     stages: nn.ModuleDict
     embedding_dim: int
+    #: Per-sample input shape (no batch axis) of the instance :meth:`example` builds.
+    example_shape: ClassVar[tuple[int, ...]] = ()
+
+    @classmethod
+    def example(cls) -> Backbone:
+        """A small instance for :attr:`example_shape`, as the ``tiny`` preset builds it (for tests)."""
+        raise NotImplementedError(f"{cls.__name__} defines no example instance")
+
+    @classmethod
+    def example_input(cls, batch: int = 2, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Uniform random input in [0, 1] for :meth:`example`: (batch, *example_shape)."""
+        if not cls.example_shape:
+            raise NotImplementedError(f"{cls.__name__} defines no example_shape")
+        return torch.rand((batch, *cls.example_shape), generator=generator)
 
     @classmethod
     def from_input_shape(cls, shape: tuple[int, ...], **kwargs) -> Backbone:

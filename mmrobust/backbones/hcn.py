@@ -132,6 +132,13 @@ class HCN(Backbone):
         c, t, v, m = shape
         return cls(in_channels=c, num_frames=t, num_joints=v, num_persons=m, **kwargs)
 
+    example_shape = (3, 32, 25, 2)
+
+    @classmethod
+    def example(cls) -> HCN:
+        """The ``tiny`` preset's HCN (half width, BatchNorm) for 32 frames of two 25-joint persons."""
+        return cls.from_input_shape(cls.example_shape, width=0.5, batch_norm=True)
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         b, c, t, v, m = x.shape
         center = x[:, :, :, self.center_joint, 0].mean(dim=2)  # (B, C)

@@ -157,6 +157,14 @@ class I3D(Backbone):
             raise ValueError(f"i3d expects per-sample input (C, T, H, W), got shape {shape}")
         return cls(in_channels=shape[0], **kwargs)
 
+    example_shape = (3, 8, 32, 32)
+
+    @classmethod
+    def example(cls) -> I3D:
+        """The ``tiny`` preset's I3D (width 1/8, 3×3×3 stem, one Inception block per group), 8×32×32 clips."""
+        return cls.from_input_shape(cls.example_shape, width=0.125, bn_momentum=0.1, stem_kernel=3,
+                                    blocks=("Mixed_3c", "Mixed_4f", "Mixed_5c"))
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         # Channels-last: the same numbers up to rounding, and on CPU a quarter
         # less time for an attack's forward+backward at 8×64×64 (mkldnn's

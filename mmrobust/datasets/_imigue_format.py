@@ -16,6 +16,9 @@ by github.com/VUT-HFUT/MiGA2023_Track1 ``tools/readlabel.py``):
   y, score, and ``<part>_label.pkl`` holding ``(names, labels)`` with labels
   already 0-31.
 
+:func:`write_label_csv`, :func:`openpose_json` and :func:`write_example_video`
+write the raw formats, for the dataset's example and the tests.
+
 This module imports neither torch nor the dataset registry: its ``build_*``
 functions run inside ``prepare`` worker processes.
 """
@@ -32,8 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from ._cache import SampleError, load_data_pickle
-from ._video import person_box, read_clip, uniform_indices
+from ._plan import SampleError
+from ._unpickle import load_data_pickle
+from ._video import person_box, read_clip, uniform_indices, write_video
 
 CSV_COLUMNS = ("video_id", "label_id", "start_time", "start_frame", "end_time", "end_frame", "class",
                "subject_id", "subject_gender", "subject_nationality", "win_or_lose")
@@ -249,3 +253,74 @@ def split_masks(arrays: Mapping[str, np.ndarray], train_subjects: Sequence[int])
     if "part" in arrays:
         return {"challenge": np.asarray(arrays["part"]) == 0}
     return {"xsub": np.isin(arrays["subject"], list(train_subjects))}
+
+
+# -- writing the raw formats (the dataset's example, tests) -------------------
+
+#: Width, height and length of the videos :func:`write_example_video` writes.
+EXAMPLE_VIDEO_SIZE = (64, 36)
+EXAMPLE_VIDEO_FRAMES = 200
+
+
+def label_row(video: int, clip: int, start: int, end: int, code: int, subject: int) -> dict[str, Any]:
+    """One row of the label CSV (see :data:`CSV_COLUMNS`): clip ``clip`` of ``video``, frames ``start..end``."""
+    return {"video_id": video, "label_id": clip, "start_time": round(start / 25, 4), "start_frame": start,
+            "end_time": round(end / 25, 4), "end_frame": end, "class": code, "subject_id": subject,
+            "subject_gender": "F", "subject_nationality": "Australia", "win_or_lose": "Win"}
+
+
+def write_label_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """Write the label CSV: the header :data:`CSV_COLUMNS`, then ``rows`` (from :func:`label_row`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [",".join(CSV_COLUMNS)] + [",".join(str(row[c]) for c in CSV_COLUMNS) for row in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def openpose_json(people: Sequence[np.ndarray]) -> str:
+    """One OpenPose frame file (BODY_25 pose, 70 face points, 21 per hand), as OpenPose 1.3 writes it."""
+    persons = []
+    for pose in people:
+        persons.append({"person_id": [-1], "pose_keypoints_2d": [round(float(v), 3) for v in pose.reshape(-1)],
+                        "face_keypoints_2d": [0.0] * 210, "hand_left_keypoints_2d": [0.0] * 63,
+                        "hand_right_keypoints_2d": [0.0] * 63, "pose_keypoints_3d": [], "face_keypoints_3d": [],
+                        "hand_left_keypoints_3d": [], "hand_right_keypoints_3d": []})
+    return json.dumps({"version": 1.3, "people": persons}, separators=(",", ":"))
+
+
+def example_pose(frame: int, seed: int) -> np.ndarray:
+    """(25, 3) BODY_25 pose of a made-up speaker in pixels of the example video; joints 19-24 (feet) undetected."""
+    rng = np.random.default_rng(seed)
+    pose = np.zeros((BODY25_JOINTS, 3))
+    pose[:, 0] = 24 + rng.uniform(0, 16, BODY25_JOINTS) + 2 * np.sin(frame / 5)
+    pose[:, 1] = 6 + rng.uniform(0, 24, BODY25_JOINTS)
+    pose[:, 2] = rng.uniform(0.3, 0.95, BODY25_JOINTS)
+    pose[19:] = 0
+    return np.round(pose, 3)
+
+
+def write_example_video(root: str | Path, video: int, seed: int, *, frames: int = EXAMPLE_VIDEO_FRAMES,
+                        json_frames: bool = True, video_file: bool = True) -> None:
+    """Write video ``video`` of a raw release at ``root``: its OpenPose JSON per frame and its ``.mp4``.
+
+    Every frame holds the speaker (:func:`example_pose`) and a less confident
+    bystander; the video paints the speaker's joint box bright on dark, so a
+    correct crop is bright in the middle.
+    """
+    root = Path(root)
+    width, height = EXAMPLE_VIDEO_SIZE
+    pixels = np.full((frames, height, width, 3), 30, dtype=np.uint8)
+    folder = root / "Data" / "skeleton" / "raw" / str(video)
+    for f in range(frames):
+        pose = example_pose(f, seed)
+        detected = pose[:19]
+        pixels[f, int(detected[:, 1].min()):int(detected[:, 1].max()) + 1,
+               int(detected[:, 0].min()):int(detected[:, 0].max()) + 1] = 220
+        if json_frames:
+            folder.mkdir(parents=True, exist_ok=True)
+            bystander = pose.copy()
+            bystander[:, 2] *= 0.2
+            openpose_path(folder, video, f).write_text(openpose_json([bystander, pose]))
+    if video_file:
+        write_video(root / "Data" / "video" / f"{video}.mp4", pixels, codec="mpeg4", fps=25)

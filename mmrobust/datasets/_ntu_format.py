@@ -16,7 +16,9 @@ A ``.skeleton`` file is whitespace-separated text, one record per line:
 
 Every field is parsed and checked; a file that deviates, or whose 3-D joint
 positions are not finite, raises :class:`SampleError` naming the file, the
-line and what was expected.
+line and what was expected. :func:`write_skeleton` writes the format, and
+:func:`write_example_sample` a whole sample (``.skeleton`` and ``_rgb.avi``) of
+a made-up person, for the dataset's example and the tests.
 
 This module imports neither torch nor the dataset registry: its ``build_*``
 functions run inside ``prepare`` worker processes.
@@ -33,8 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from ._cache import SampleError, load_data_pickle
-from ._video import person_box, read_clip, uniform_indices
+from ._plan import SampleError
+from ._unpickle import load_data_pickle
+from ._video import person_box, read_clip, uniform_indices, write_video
 
 NUM_JOINTS = 25
 #: Persons kept per clip; a missing second person is padding.
@@ -54,6 +57,9 @@ JOINT_FIELDS = ("x", "y", "z", "depthX", "depthY", "colorX", "colorY",
 _COORDINATE_COLUMNS = slice(0, 3)
 
 MISSING_SKELETONS_FILE = "ntu60_missing_skeletons.txt"
+#: Folders of the release, as its archives extract: ``<name>.skeleton`` and ``<name>_rgb.avi`` files.
+SKELETON_DIR = "nturgb+d_skeletons"
+RGB_DIR = "nturgb+d_rgb"
 _NAME = re.compile(r"^S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})$")
 
 
@@ -460,3 +466,105 @@ def split_masks(arrays: Mapping[str, np.ndarray], train_subjects: Sequence[int],
     """Training-sample masks of the cross-subject and cross-view protocols."""
     return {"xsub": np.isin(arrays["performer"], list(train_subjects)),
             "xview": np.isin(arrays["camera"], list(train_cameras))}
+
+
+
+# -- writing the release format (the dataset's example, tests) ----------------
+
+#: Width and height of the videos :func:`write_example_sample` writes: the colour frame scaled by 1/20.
+EXAMPLE_VIDEO_SIZE = (96, 54)
+
+
+def body_record(body_id: int, xyz: np.ndarray, color: np.ndarray, *,
+                fields=(0, 1, 1, 1, 1, 0, 0.02764709, 0.05745083, 2), depth: np.ndarray | None = None,
+                orientation=None, tracking=None) -> dict[str, Any]:
+    """One body in one frame: its ten body fields (after ``bodyID``) and a (25, 12) joint table.
+
+    ``xyz`` (25, 3) and ``color`` (25, 2) fill their columns; depth positions
+    default to a rough projection, orientations to one quaternion, tracking
+    states to 2. Values are rounded to the 7 significant digits the files carry,
+    so the text round-trips exactly.
+    """
+    joints = np.zeros((NUM_JOINTS, len(JOINT_FIELDS)))
+    joints[:, 0:3] = xyz
+    joints[:, 3:5] = depth if depth is not None else np.stack([256 + 100 * xyz[:, 0], 212 - 100 * xyz[:, 1]], 1)
+    joints[:, 5:7] = color
+    joints[:, 7:11] = orientation if orientation is not None else [0.5, -0.5, 0.5, -0.5]
+    joints[:, 11] = tracking if tracking is not None else 2
+    seven_digits = np.vectorize(lambda v: float(f"{v:.7g}"))(joints)
+    return {"body_id": body_id, "fields": fields, "joints": seven_digits}
+
+
+def skeleton_text(frames: Sequence[Sequence[Mapping[str, Any]]], newline: str = "\n") -> str:
+    """The ``.skeleton`` text of ``frames`` (per frame, a list of bodies from :func:`body_record`)."""
+    lines = [str(len(frames))]
+    for bodies in frames:
+        lines.append(str(len(bodies)))
+        for body in bodies:
+            clipped, hlc, hls, hrc, hrs, restricted, lean_x, lean_y, tracking = body["fields"]
+            lines.append(f"{body['body_id']} {clipped} {hlc} {hls} {hrc} {hrs} {restricted} "
+                         f"{lean_x:.7g} {lean_y:.7g} {tracking}")
+            lines.append(str(NUM_JOINTS))
+            for joint in body["joints"]:
+                lines.append(" ".join(f"{v:.7g}" for v in joint[:11]) + f" {int(joint[11])}")
+    return newline.join(lines) + newline
+
+
+def write_skeleton(path: str | Path, frames: Sequence[Sequence[Mapping[str, Any]]], newline: str = "\n") -> Path:
+    """Write a ``.skeleton`` file (see :func:`skeleton_text`); the inverse of :func:`read_skeleton`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as stream:
+        stream.write(skeleton_text(frames, newline))
+    return path
+
+
+def example_motion(seed: int, frames: int, shift: float = 0.0, amplitude: float = 0.1) -> np.ndarray:
+    """(F, 25, 3) camera-space joints of a made-up person waving, about 3 m from the camera."""
+    rng = np.random.default_rng(seed)
+    base = np.stack([rng.uniform(-0.25, 0.25, NUM_JOINTS) + shift, np.linspace(-0.8, 0.7, NUM_JOINTS),
+                     3.0 + rng.uniform(0, .2, NUM_JOINTS)], 1)
+    t = np.arange(frames)[:, None, None]
+    wave = amplitude * np.sin(t / 3.0 + np.arange(NUM_JOINTS)[None, :, None]) * np.array([1.0, 0.5, 0.2])
+    return base[None] + wave
+
+
+def _project_to_color(xyz: np.ndarray) -> np.ndarray:
+    """A pinhole projection into the 1920x1080 colour image (what colorX/colorY hold)."""
+    return np.stack([960 + 600 * xyz[..., 0] / xyz[..., 2] * 3, 540 - 600 * xyz[..., 1] / xyz[..., 2] * 3], -1)
+
+
+def _example_video(color_frames: list[list[np.ndarray]], num_frames: int) -> np.ndarray:
+    """Frames of :data:`EXAMPLE_VIDEO_SIZE` with each person's joint box painted white on grey."""
+    width, height = EXAMPLE_VIDEO_SIZE
+    video = np.full((num_frames, height, width, 3), 40, dtype=np.uint8)
+    for f in range(num_frames):
+        for color in color_frames[f]:
+            x = color[:, 0] * width / COLOR_WIDTH
+            y = color[:, 1] * height / COLOR_HEIGHT
+            video[f, int(y.min()):int(np.ceil(y.max())), int(x.min()):int(np.ceil(x.max()))] = 230
+    return video
+
+
+def write_example_sample(root: str | Path, name: str, *, frames: int = 12, people: int = 1,
+                         empty_frames: Sequence[int] = (0,), codec: str = "mpeg4", seed: int = 0) -> None:
+    """Write sample ``name`` into a release tree at ``root``: its ``.skeleton`` file and ``_rgb.avi`` video.
+
+    ``people`` made-up persons wave (the first with the widest motion) over
+    ``frames`` frames, none in ``empty_frames``; the video paints each person's
+    joint box white on grey, so a correct crop is bright in the middle.
+    """
+    root = Path(root)
+    tracks = [example_motion(seed + p, frames, shift=0.6 * p, amplitude=0.1 / (p + 1)) for p in range(people)]
+    body_frames, colors = [], []
+    for f in range(frames):
+        if f in empty_frames:
+            body_frames.append([])
+            colors.append([])
+            continue
+        bodies = [body_record(72057594037931101 + 7 * p, tracks[p][f], _project_to_color(tracks[p][f]))
+                  for p in range(people)]
+        body_frames.append(bodies)
+        colors.append([b["joints"][:, 5:7] for b in bodies])
+    write_skeleton(root / SKELETON_DIR / f"{name}.skeleton", body_frames)
+    write_video(root / RGB_DIR / f"{name}_rgb.avi", _example_video(colors, frames), codec=codec)

@@ -9,7 +9,8 @@ frame when the people span less than 10 pixels.
 
 Videos are decoded with PyAV (FFmpeg). Only the frames a clip needs are
 converted to RGB, and each is cropped and resized as soon as it is decoded, so
-a worker holds one full-resolution frame at a time.
+a worker holds one full-resolution frame at a time. :func:`write_video`
+encodes the small videos of the datasets' examples and tests.
 
 This module imports neither torch nor the dataset registry: it runs inside
 ``prepare`` worker processes.
@@ -19,11 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
 
-from ._cache import SampleError
+from ._plan import SampleError
 
 #: Half-sides of the person box grow by this fraction.
 BOX_ENLARGE = 0.25
@@ -197,3 +199,22 @@ def _collect(numbered, wanted, box_for_size, size):
     if remaining and last is not None and last[0] not in found:
         found[last[0]] = crop_square(last[1].to_ndarray(format="rgb24"), box, size)
     return found, last
+
+
+def write_video(path: str | Path, frames: np.ndarray, codec: str = "mpeg4", fps: int = 30) -> Path:
+    """Encode (T, H, W, 3) uint8 frames with PyAV (mpeg4 or mjpeg; the container follows the suffix)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        if codec == "mpeg4":
+            stream.options = {"qscale": "2"}
+            stream.codec_context.gop_size = 12
+        for array in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

@@ -1,5 +1,8 @@
-"""What every dataset hands to training and evaluation.
+"""The dataset contract: what a dataset is asked for and what it hands to training and evaluation.
 
+A registered dataset is a :class:`Dataset` subclass; given a
+:class:`DataRequest` it loads a :class:`DatasetBundle` (train and test
+:class:`Split` plus what describes them, including each :class:`Modality`).
 Arrays stay in their compact stored form (uint8 video, memory-mapped if
 large); :meth:`Split.batch` turns a set of indices into the batch dict of
 float tensors, so no dataset needs a DataLoader of its own.
@@ -15,9 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -34,6 +38,9 @@ class DataRequest:
         seed: generator seed (synthetic data only).
         rgb_frames, rgb_size, skeleton_frames: input sizes the model preset wants.
         progress: show progress bars.
+        preset: the model preset these sizes come from (set by
+            :meth:`mmrobust.presets.Preset.data_request`); names them in
+            messages, never part of a cache key.
     """
 
     split: str | None = None
@@ -44,6 +51,35 @@ class DataRequest:
     rgb_size: int = 64
     skeleton_frames: int = 32
     progress: bool = True
+    preset: str | None = None
+
+
+@dataclass(frozen=True)
+class Modality:
+    """What a dataset declares about one of its modalities.
+
+    Attributes:
+        name: key in batches and splits, e.g. "rgb".
+        code: short code used in attack targets and table columns, e.g. "R".
+        display: human name, e.g. "RGB video".
+        like: the modality whose backbone a model preset builds for this one
+            (a depth video is built like ``"rgb"``); None: its own name.
+    """
+
+    name: str
+    code: str
+    display: str
+    like: str | None = None
+
+
+RGB = Modality("rgb", "R", "RGB video")
+SKELETON = Modality("skeleton", "S", "skeleton")
+
+
+def describe_modalities(declared: Iterable[Modality], names: Iterable[str]) -> dict[str, Modality]:
+    """The declared descriptions of the modalities ``names``, by name, in that order (undeclared ones left out)."""
+    by_name = {modality.name: modality for modality in declared}
+    return {name: by_name[name] for name in names if name in by_name}
 
 
 @dataclass
@@ -112,6 +148,9 @@ class DatasetBundle:
         skeleton_unit: "m" for 3-D joints in metres, "px" for 2-D pose.
         fingerprint: hex digest identifying the exact data.
         default_epochs: the training length the dataset's recipe uses.
+        info: provenance as plain JSON values (cache, spec, per-split sample names, ...).
+        modality_info: the dataset's :class:`Modality` for each modality in
+            the splits (see :attr:`codes`).
     """
 
     name: str
@@ -128,14 +167,117 @@ class DatasetBundle:
     # Optional: pixel coordinates (F, V, 2) of a clip's joints in its RGB frames,
     # given ("train" | "test", index); used to overlay skeletons on video.
     joints_in_frames: Callable[[str, int], np.ndarray] | None = None
+    # The dataset's description of each modality in the splits, by name.
+    modality_info: dict[str, Modality] = field(default_factory=dict)
 
     @property
     def modalities(self) -> tuple[str, ...]:
         return self.train.modalities
 
+    @property
+    def codes(self) -> dict[str, str]:
+        """Modality name -> short code ("rgb" -> "R"); an undeclared modality's is its first letter upper-cased."""
+        return {name: self.modality_info[name].code if name in self.modality_info else name[:1].upper()
+                for name in self.modalities}
+
     def input_shape(self, modality: str) -> tuple[int, ...]:
         """Per-sample shape of a modality, e.g. (3, T, H, W) for RGB."""
         return tuple(self.train.arrays[modality].shape[1:])
+
+
+class Dataset:
+    """Base class of every registered dataset: one module per dataset, one subclass of this, registered.
+
+    A dataset declares its :attr:`modalities` and implements :meth:`load`. One
+    whose raw release must be converted first also implements :meth:`prepare`
+    (``mmrobust prepare`` runs it) and :meth:`example` (a tiny release in the
+    real file format, for the tests). The registry holds the class; callers
+    write ``DATASETS.get(name)().load(request)``.
+
+    What :meth:`load` returns, checked for every registered dataset by
+    ``tests/test_contract_datasets.py``:
+
+    - non-empty ``train`` and ``test`` splits holding ``"label"`` (ints in
+      ``[0, num_classes)``) and one array per modality, uint8 or float, whose
+      batches lie in [0, 1]: RGB (N, 3, T, H, W), skeletons (N, C, T, V, M);
+    - no sample in both splits;
+    - ``class_names``, one per class;
+    - ``modality_info`` from :attr:`modalities` (see :func:`describe_modalities`);
+    - ``fingerprint``, the SHA-256 hex digest of the exact data, equal for
+      every load of the same request (:func:`fingerprint_arrays`).
+
+    A dataset prepared through the shared cache
+    (:func:`mmrobust.datasets._cache_write.prepare_from_root`) has its worker
+    return, besides ``skeleton`` and ``label``, a string array ``"name"``: each
+    sample's name in the release, listed per split in ``info["names"]``.
+
+    Example::
+
+        import numpy as np
+
+        from mmrobust.datasets.base import (RGB, DataRequest, Dataset, DatasetBundle, Split,
+                                            describe_modalities, fingerprint_arrays)
+        from mmrobust.registry import register_dataset
+
+        @register_dataset("noise")
+        class Noise(Dataset):  # uniform noise clips in two classes: nothing to learn
+            modalities = (RGB,)
+
+            def load(self, request: DataRequest) -> DatasetBundle:
+                rng = np.random.default_rng(request.seed)
+                shape = (3, request.rgb_frames, request.rgb_size, request.rgb_size)
+                train, test = (Split({"rgb": rng.integers(0, 256, (n, *shape), dtype=np.uint8),
+                                      "label": np.arange(n) % 2}) for n in (8, 4))
+                arrays = {f"{part}/{name}": array for part, split in (("train", train), ("test", test))
+                          for name, array in split.arrays.items()}
+                return DatasetBundle(
+                    name="noise", train=train, test=test, num_classes=2, class_names=("even", "odd"),
+                    skeleton_scale=1.0, skeleton_unit="m", fingerprint=fingerprint_arrays(arrays),
+                    default_epochs=1, modality_info=describe_modalities(self.modalities, ["rgb"]))
+
+        bundle = Noise().load(DataRequest(rgb_frames=4, rgb_size=16))
+    """
+
+    #: Every modality the dataset can provide (a bundle may hold fewer, e.g. a skeleton-only release).
+    modalities: ClassVar[tuple[Modality, ...]] = ()
+
+    def load(self, request: DataRequest) -> DatasetBundle:
+        """The train and test splits ``request`` asks for."""
+        raise NotImplementedError
+
+    def prepare(self, request: DataRequest, *, workers: int = 1, strict: bool = False) -> dict[str, Any]:
+        """Convert the raw release under ``request.root`` into what :meth:`load` reads; return its manifest.
+
+        Only datasets with a raw release override this (see :meth:`has_prepare`).
+        Preparing what is already prepared returns the same manifest at once;
+        a killed prepare resumes.
+
+        Args:
+            request: ``root`` (required), sizes, ``cache_dir`` and ``progress``.
+            workers: processes decoding samples in parallel (the result is the
+                same for any number).
+            strict: raise at the first unusable sample instead of skipping and
+                counting it.
+
+        Returns:
+            The manifest: sample counts per split (``manifest["splits"][split]
+            ["train" | "test"]["count"]``) and class, skipped samples with
+            reasons, fingerprint.
+        """
+        raise ValueError(f"dataset {type(self).__name__} has no prepare step")
+
+    @classmethod
+    def has_prepare(cls) -> bool:
+        """Whether the dataset overrides :meth:`prepare`."""
+        return cls.prepare is not Dataset.prepare
+
+    def example(self, directory: Path) -> DataRequest:
+        """A request that loads a tiny instance of this dataset, written under ``directory``.
+
+        Used by the contract tests. Datasets that need a release write a few
+        samples of it there in the exact real file format and prepare them.
+        """
+        return DataRequest(cache_dir=str(directory), rgb_frames=4, rgb_size=16, skeleton_frames=8, progress=False)
 
 
 def fingerprint_arrays(arrays: Mapping[str, np.ndarray]) -> str:

@@ -6,7 +6,7 @@ Understanding and Emotion Analysis", CVPR 2021 (github.com/linuxsino/iMiGUE).
 (the manifest records the mapping; class names are the codes).
 
 The release is converted once by ``prepare`` into a memory-mapped cache (see
-:mod:`mmrobust.datasets._cache`)::
+:mod:`mmrobust.datasets._cache_write`)::
 
     mmrobust prepare --dataset imigue --root /data/imigue
 
@@ -46,11 +46,12 @@ Example::
     from mmrobust.datasets.base import DataRequest
     from mmrobust.registry import DATASETS
 
-    bundle = DATASETS.get("imigue")(DataRequest(root="/data/imigue"))
+    bundle = DATASETS.get("imigue")().load(DataRequest(root="/data/imigue"))
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from pathlib import Path
@@ -58,9 +59,10 @@ from typing import Any
 
 from ..registry import register_dataset
 from . import _imigue_format
-from ._cache import (Planner, PreparePlan, SampleError, build_bundle, prepare_from_root, find_prepared,
-                     read_json)
-from .base import DataRequest, DatasetBundle
+from ._cache_read import build_bundle, find_prepared
+from ._cache_write import prepare_from_root, read_json
+from ._plan import Planner, PreparePlan, SampleError
+from .base import RGB, SKELETON, DataRequest, Dataset, DatasetBundle
 
 SPLITS = ("xsub", "challenge")
 XSUB_TRAIN_SUBJECTS = (2, 4, 5, 6, 9, 10, 12, 13, 14, 15, 17, 18, 20, 21, 22, 23, 25, 28, 29, 30, 31, 35, 36,
@@ -70,47 +72,58 @@ CLASS_NAMES = tuple(str(code) for code in _imigue_format.CLASS_CODES)
 SKELETON_DIRS = ("Data/skeleton/raw", "skeleton/raw", "skeleton", "skeletons")
 VIDEO_DIRS = ("Data/video", "Data/videos", "video", "videos")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
+#: The label CSV rows of :meth:`IMiGUE.example` (video, clip, start, end, code, subject): subject 2 trains,
+#: subject 1 tests.
+EXAMPLE_CLIPS = ((101, 1, 10, 25, 5, 2), (101, 2, 30, 50, 99, 2), (102, 1, 0, 20, 31, 1), (102, 2, 25, 45, 12, 1))
 
 _split_masks = functools.partial(_imigue_format.split_masks, train_subjects=XSUB_TRAIN_SUBJECTS)
 
 
 @register_dataset("imigue")
-def load(request: DataRequest) -> DatasetBundle:
-    """The prepared iMiGUE cache for ``request.root``, cut by ``request.split``.
+class IMiGUE(Dataset):
+    """iMiGUE from its raw release (RGB + 2-D pose) or the MiGA challenge arrays (skeleton only)."""
 
-    Raises:
-        FileNotFoundError: nothing prepared for this root and these sizes; the
-            message gives the ``mmrobust prepare`` command.
-        ValueError: an unknown split, or one the prepared release lacks.
-    """
-    split = request.split
-    if split is not None and split not in SPLITS:
-        raise ValueError(f"unknown imigue split {split!r}; choose one of {', '.join(SPLITS)}")
-    if split is None:
-        manifest = read_json(find_prepared("imigue", request) / "manifest.json")
-        split = "challenge" if manifest["source"] == "challenge" else "xsub"
-    return build_bundle("imigue", request, split, SPLITS, DEFAULT_EPOCHS, _split_masks)
+    modalities = (RGB, SKELETON)
 
+    def load(self, request: DataRequest) -> DatasetBundle:
+        """The prepared iMiGUE cache for ``request.root``, cut by ``request.split``.
 
-def prepare_imigue(request: DataRequest, *, workers: int = 1, strict: bool = False) -> dict[str, Any]:
-    """Convert the release under ``request.root`` into the cache ``load`` reads; return its manifest.
+        Raises:
+            FileNotFoundError: nothing prepared for this root and these sizes; the
+                message gives the ``mmrobust prepare`` command.
+            ValueError: an unknown split, or one the prepared release lacks.
+        """
+        split = request.split
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"unknown imigue split {split!r}; choose one of {', '.join(SPLITS)}")
+        if split is None:
+            manifest = read_json(find_prepared("imigue", request) / "manifest.json")
+            split = "challenge" if manifest["source"] == "challenge" else "xsub"
+        return build_bundle("imigue", request, split, SPLITS, DEFAULT_EPOCHS, _split_masks,
+                            modalities=self.modalities)
 
-    Args:
-        request: ``root`` (required), sizes, ``cache_dir`` and ``progress``.
-        workers: processes decoding samples in parallel.
-        strict: raise at the first unusable sample instead of skipping it.
+    def prepare(self, request: DataRequest, *, workers: int = 1, strict: bool = False) -> dict[str, Any]:
+        """Convert the raw or challenge release at ``request.root`` (see :meth:`Dataset.prepare`).
 
-    Raises:
-        FileNotFoundError: the root lacks the expected layout (or, with
-            ``strict``, a sample's file is missing).
-        ValueError: with ``strict``, a malformed sample; always, when no
-            sample is usable or the label CSV lacks a column.
-    """
-    return prepare_from_root("imigue", request, plan_imigue, workers=workers, strict=strict,
-                             release="raw or challenge release")
+        Raises:
+            FileNotFoundError: the root lacks the expected layout (or, with
+                ``strict``, a sample's file is missing).
+            ValueError: with ``strict``, a malformed sample; always, when no
+                sample is usable or the label CSV lacks a column.
+        """
+        return prepare_from_root("imigue", request, plan_imigue, workers=workers, strict=strict,
+                                 release="raw or challenge release")
 
-
-load.prepare = prepare_imigue  # type: ignore[attr-defined]  # how `mmrobust prepare` finds it
+    def example(self, directory: Path) -> DataRequest:
+        """A prepared raw release of four clips from two 60-frame videos under ``directory`` (label CSV,
+        OpenPose JSON, ``.mp4``), in the real file formats."""
+        request = dataclasses.replace(super().example(directory / "cache"), root=str(directory / "release"))
+        for video, seed in ((101, 1), (102, 2)):
+            _imigue_format.write_example_video(request.root, video, seed, frames=60)
+        rows = [_imigue_format.label_row(*clip) for clip in EXAMPLE_CLIPS]
+        _imigue_format.write_label_csv(Path(request.root) / "Label" / "labels.csv", rows)
+        self.prepare(request)
+        return request
 
 
 def plan_imigue(root: Path, request: DataRequest, *, strict: bool = False) -> PreparePlan:

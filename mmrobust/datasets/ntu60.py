@@ -6,7 +6,7 @@ from three Kinect v2 cameras; the 302 clips the authors list as having missing
 or incomplete skeletons are left out (``ntu60_missing_skeletons.txt``).
 
 The raw release is converted once by ``prepare`` into a memory-mapped cache
-(see :mod:`mmrobust.datasets._cache`)::
+(see :mod:`mmrobust.datasets._cache_write`)::
 
     mmrobust prepare --dataset ntu60 --root /data/ntu
 
@@ -43,12 +43,13 @@ Example::
     from mmrobust.datasets.base import DataRequest
     from mmrobust.registry import DATASETS
 
-    bundle = DATASETS.get("ntu60")(DataRequest(root="/data/ntu", split="xview"))
+    bundle = DATASETS.get("ntu60")().load(DataRequest(root="/data/ntu", split="xview"))
     batch = bundle.test.batch([0, 1])   # {"rgb", "skeleton", "label"}
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -60,8 +61,11 @@ import numpy as np
 
 from ..registry import register_dataset
 from . import _ntu_format
-from ._cache import Planner, PreparePlan, SampleError, build_bundle, prepare_from_root
-from .base import DataRequest, DatasetBundle
+from ._cache_read import build_bundle
+from ._cache_write import prepare_from_root
+from ._ntu_format import RGB_DIR, SKELETON_DIR
+from ._plan import Planner, PreparePlan, SampleError
+from .base import RGB, SKELETON, DataRequest, Dataset, DatasetBundle
 
 logger = logging.getLogger("mmrobust.datasets")
 
@@ -69,9 +73,9 @@ SPLITS = ("xsub", "xview")
 XSUB_TRAIN_SUBJECTS = (1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28, 31, 34, 35, 38)
 XVIEW_TRAIN_CAMERAS = (2, 3)
 DEFAULT_EPOCHS = 80
-SKELETON_DIR = "nturgb+d_skeletons"
-RGB_DIR = "nturgb+d_rgb"
 PYSKL_FILE = "ntu60_3danno.pkl"
+#: The clips of :meth:`NTU60.example`: performers 1 and 2 train, 3 and 7 test (cross-subject).
+EXAMPLE_SAMPLES = ("S001C001P001R001A001", "S001C003P002R002A003", "S001C002P003R001A002", "S002C002P007R002A058")
 
 CLASS_NAMES = (
     "drink water", "eat meal/snack", "brushing teeth", "brushing hair", "drop", "pickup", "throw",
@@ -96,39 +100,46 @@ _split_masks = functools.partial(_ntu_format.split_masks, train_subjects=XSUB_TR
 
 
 @register_dataset("ntu60")
-def load(request: DataRequest) -> DatasetBundle:
-    """The prepared NTU RGB+D 60 cache for ``request.root``, cut by ``request.split``.
+class NTU60(Dataset):
+    """NTU RGB+D 60 from its raw release (RGB + skeleton) or PYSKL's pickle (skeleton only)."""
 
-    Raises:
-        FileNotFoundError: nothing prepared for this root and these sizes; the
-            message gives the ``mmrobust prepare`` command.
-        ValueError: an unknown split.
-    """
-    split = request.split or "xsub"
-    if split not in SPLITS:
-        raise ValueError(f"unknown ntu60 split {split!r}; choose one of {', '.join(SPLITS)}")
-    return build_bundle("ntu60", request, split, SPLITS, DEFAULT_EPOCHS, _split_masks)
+    modalities = (RGB, SKELETON)
 
+    def load(self, request: DataRequest) -> DatasetBundle:
+        """The prepared NTU RGB+D 60 cache for ``request.root``, cut by ``request.split``.
 
-def prepare_ntu60(request: DataRequest, *, workers: int = 1, strict: bool = False) -> dict[str, Any]:
-    """Convert the release under ``request.root`` into the cache ``load`` reads; return its manifest.
+        Raises:
+            FileNotFoundError: nothing prepared for this root and these sizes; the
+                message gives the ``mmrobust prepare`` command.
+            ValueError: an unknown split.
+        """
+        split = request.split or "xsub"
+        if split not in SPLITS:
+            raise ValueError(f"unknown ntu60 split {split!r}; choose one of {', '.join(SPLITS)}")
+        return build_bundle("ntu60", request, split, SPLITS, DEFAULT_EPOCHS, _split_masks,
+                            modalities=self.modalities)
 
-    Args:
-        request: ``root`` (required), sizes, ``cache_dir`` and ``progress``.
-        workers: processes decoding samples in parallel.
-        strict: raise at the first unusable sample instead of skipping it.
+    def prepare(self, request: DataRequest, *, workers: int = 1, strict: bool = False) -> dict[str, Any]:
+        """Convert the raw release or PYSKL's pickle at ``request.root`` (see :meth:`Dataset.prepare`).
 
-    Raises:
-        FileNotFoundError: the root lacks the expected layout (or, with
-            ``strict``, a sample's file is missing).
-        ValueError: with ``strict``, a malformed sample; always, when no
-            sample is usable.
-    """
-    return prepare_from_root("ntu60", request, plan_ntu60, workers=workers, strict=strict,
-                             release="raw release")
+        Raises:
+            FileNotFoundError: the root lacks the expected layout (or, with
+                ``strict``, a sample's file is missing).
+            ValueError: with ``strict``, a malformed sample; always, when no
+                sample is usable.
+        """
+        return prepare_from_root("ntu60", request, plan_ntu60, workers=workers, strict=strict,
+                                 release="raw release")
 
-
-load.prepare = prepare_ntu60  # type: ignore[attr-defined]  # how `mmrobust prepare` finds it
+    def example(self, directory: Path) -> DataRequest:
+        """A prepared release of four clips under ``directory``: two cross-subject training clips,
+        two test clips (one with two people), written in the real file formats."""
+        request = dataclasses.replace(super().example(directory / "cache"), root=str(directory / "release"))
+        for seed, name in enumerate(EXAMPLE_SAMPLES):
+            people = 2 if _ntu_format.SampleName.parse(name).action >= 50 else 1
+            _ntu_format.write_example_sample(request.root, name, people=people, seed=10 * seed)
+        self.prepare(request)
+        return request
 
 
 def plan_ntu60(root: Path, request: DataRequest, *, strict: bool = False) -> PreparePlan:

@@ -1,10 +1,10 @@
 """``prepare``: turn a dataset's raw release into the cache its loader reads.
 
-Datasets whose release must be converted first (``ntu60``, ``imigue``) attach a
-``prepare`` function to their registered loader; :func:`prepare` finds it by
-name. The conversion streams the release into memory-mapped arrays with a
-progress bar, in bounded memory, optionally in parallel, and resumes where a
-killed run stopped (see :mod:`mmrobust.datasets._cache`).
+Datasets whose release must be converted first (``ntu60``, ``imigue``)
+override :meth:`mmrobust.datasets.base.Dataset.prepare`; :func:`prepare` finds
+the dataset by name. The conversion streams the release into memory-mapped
+arrays with a progress bar, in bounded memory, optionally in parallel, and
+resumes where a killed run stopped (see :mod:`mmrobust.datasets._cache_write`).
 
 Example::
 
@@ -29,7 +29,7 @@ __all__ = ["prepare", "preparable"]
 
 def preparable() -> list[str]:
     """Names of the registered datasets that have a prepare step."""
-    return [name for name, loader in DATASETS.items() if callable(getattr(loader, "prepare", None))]
+    return [name for name, dataset in DATASETS.items() if dataset.has_prepare()]
 
 
 def prepare(name: str, root: str | os.PathLike, request: DataRequest | None = None, *, workers: int = 1,
@@ -55,12 +55,11 @@ def prepare(name: str, root: str | os.PathLike, request: DataRequest | None = No
             ``strict``) a malformed sample.
         FileNotFoundError: ``root`` lacks the layout the dataset expects.
     """
-    loader = DATASETS.get(name)
-    preparer = getattr(loader, "prepare", None)
-    if not callable(preparer):
+    dataset = DATASETS.get(name)
+    if not dataset.has_prepare():
         raise ValueError(f"dataset {name!r} has no prepare step; datasets that have one: "
                          f"{', '.join(preparable()) or 'none'}")
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     request = dataclasses.replace(request or DataRequest(), root=os.fspath(root))
-    return preparer(request, workers=workers, strict=strict)
+    return dataset().prepare(request, workers=workers, strict=strict)

@@ -38,7 +38,7 @@ Example::
 
     from mmrobust.datasets.base import DataRequest
     from mmrobust.registry import DATASETS
-    data = DATASETS.get("synthetic")(DataRequest(seed=0))
+    data = DATASETS.get("synthetic")().load(DataRequest(seed=0))
     batch = data.test.batch(range(8))       # {"rgb", "skeleton", "label"}
 """
 
@@ -51,9 +51,19 @@ from pathlib import Path
 
 import numpy as np
 
-from mmrobust.datasets.base import DataRequest, DatasetBundle, Split, cache_root, fingerprint_arrays
-from mmrobust.registry import register_dataset
+from mmrobust.datasets.base import (
+    RGB,
+    SKELETON,
+    DataRequest,
+    Dataset,
+    DatasetBundle,
+    Split,
+    cache_root,
+    describe_modalities,
+    fingerprint_arrays,
+)
 from mmrobust.files import atomic_write
+from mmrobust.registry import register_dataset
 
 log = logging.getLogger(__name__)
 
@@ -467,46 +477,52 @@ def _load_cached(path: Path) -> tuple[dict[str, dict[str, np.ndarray]], dict] | 
 
 
 @register_dataset("synthetic")
-def load(request: DataRequest) -> DatasetBundle:
-    """The embedded synthetic dataset at the request's input sizes.
+class Synthetic(Dataset):
+    """The embedded synthetic dataset: RGB video and 3-D skeletons of 18 actions, generated from a seed."""
 
-    Generated on first use (seconds) and cached under ``request.cache_dir``
-    (default :func:`mmrobust.datasets.base.cache_root`); ``request.split`` must be None or
-    "subject" (the only split: disjoint body shapes).
-    """
-    if request.split not in (None, "subject"):
-        raise ValueError(f"synthetic has one split, 'subject'; got {request.split!r}")
-    spec = SyntheticSpec(seed=request.seed, skeleton_frames=request.skeleton_frames,
-                         rgb_frames=request.rgb_frames, rgb_size=request.rgb_size)
-    if spec.skeleton_frames < spec.rgb_frames:
-        raise ValueError("synthetic needs skeleton_frames ≥ rgb_frames (video frames are a subset)")
-    path = _cache_path(spec, request.cache_dir)
-    cached = _load_cached(path)
-    if cached is None:
-        log.info("generating synthetic dataset -> %s", path)
-        splits = generate(spec)
-        fingerprint = fingerprint_arrays({f"{s}/{k}": v for s, a in splits.items() for k, v in a.items()
-                                          if k in ("rgb", "skeleton", "label")})
-        meta = {"spec": asdict(spec), "fingerprint": fingerprint}
-        _save(path, splits, meta)
-    else:
-        splits, meta = cached
+    modalities = (RGB, SKELETON)
 
-    def split(arrays: dict[str, np.ndarray]) -> Split:
-        return Split({"rgb": arrays["rgb"], "skeleton": arrays["skeleton"], "label": arrays["label"]})
+    def load(self, request: DataRequest) -> DatasetBundle:
+        """The embedded synthetic dataset at the request's input sizes.
 
-    def joints_in_frames(split_name: str, index: int) -> np.ndarray:
-        arrays = splits[split_name]
-        frames = arrays["frame_index"][index]
-        joints = arrays["skeleton"][index, :, frames, :, 0]  # (F, 3, V) after fancy indexing
-        metres = (np.moveaxis(joints, 1, 2) - 0.5) * SKELETON_SCALE + SKELETON_ORIGIN  # (F, V, 3)
-        scale, cx, cy = (arrays["projection"][index][:, i:i + 1] for i in range(3))
-        return np.stack([cx + metres[..., 0] * scale, cy - metres[..., 1] * scale], axis=-1)
+        Generated on first use (seconds) and cached under ``request.cache_dir``
+        (default :func:`mmrobust.datasets.base.cache_root`); ``request.split`` must be None or
+        "subject" (the only split: disjoint body shapes).
+        """
+        if request.split not in (None, "subject"):
+            raise ValueError(f"synthetic has one split, 'subject'; got {request.split!r}")
+        spec = SyntheticSpec(seed=request.seed, skeleton_frames=request.skeleton_frames,
+                             rgb_frames=request.rgb_frames, rgb_size=request.rgb_size)
+        if spec.skeleton_frames < spec.rgb_frames:
+            raise ValueError("synthetic needs skeleton_frames ≥ rgb_frames (video frames are a subset)")
+        path = _cache_path(spec, request.cache_dir)
+        cached = _load_cached(path)
+        if cached is None:
+            log.info("generating synthetic dataset -> %s", path)
+            splits = generate(spec)
+            fingerprint = fingerprint_arrays({f"{s}/{k}": v for s, a in splits.items() for k, v in a.items()
+                                              if k in ("rgb", "skeleton", "label")})
+            meta = {"spec": asdict(spec), "fingerprint": fingerprint}
+            _save(path, splits, meta)
+        else:
+            splits, meta = cached
 
-    return DatasetBundle(
-        name="synthetic", train=split(splits["train"]), test=split(splits["test"]),
-        num_classes=len(CLASSES), class_names=CLASSES, skeleton_scale=SKELETON_SCALE, skeleton_unit="m",
-        fingerprint=meta["fingerprint"], default_epochs=8, split="subject",
-        info={"cache": str(path), "spec": meta["spec"]},
-        joints_in_frames=joints_in_frames,
-    )
+        def split(arrays: dict[str, np.ndarray]) -> Split:
+            return Split({"rgb": arrays["rgb"], "skeleton": arrays["skeleton"], "label": arrays["label"]})
+
+        def joints_in_frames(split_name: str, index: int) -> np.ndarray:
+            arrays = splits[split_name]
+            frames = arrays["frame_index"][index]
+            joints = arrays["skeleton"][index, :, frames, :, 0]  # (F, 3, V) after fancy indexing
+            metres = (np.moveaxis(joints, 1, 2) - 0.5) * SKELETON_SCALE + SKELETON_ORIGIN  # (F, V, 3)
+            scale, cx, cy = (arrays["projection"][index][:, i:i + 1] for i in range(3))
+            return np.stack([cx + metres[..., 0] * scale, cy - metres[..., 1] * scale], axis=-1)
+
+        return DatasetBundle(
+            name="synthetic", train=split(splits["train"]), test=split(splits["test"]),
+            num_classes=len(CLASSES), class_names=CLASSES, skeleton_scale=SKELETON_SCALE, skeleton_unit="m",
+            fingerprint=meta["fingerprint"], default_epochs=8, split="subject",
+            info={"cache": str(path), "spec": meta["spec"]},
+            joints_in_frames=joints_in_frames,
+            modality_info=describe_modalities(self.modalities, ("rgb", "skeleton")),
+        )

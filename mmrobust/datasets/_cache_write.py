@@ -1,23 +1,30 @@
-"""The prepared-dataset cache: how a raw release becomes memory-mapped arrays.
+"""Writing the prepared-dataset cache: how a raw release becomes memory-mapped arrays.
 
-A dataset module turns its raw release into a :class:`PreparePlan` (one small,
-picklable task per sample plus a worker function that turns a task into
-fixed-shape arrays). :func:`run_prepare` streams the tasks through the worker,
-in parallel if asked, and writes the results in task order into ``.npy`` files
-created with :func:`numpy.lib.format.open_memmap`; loaders memory-map them.
-Memory stays bounded: at most a few samples per worker are in flight, nothing
-else is kept, and the files are written with positioned writes rather than
-through a mapping, so the resident set of a prepare does not grow with the
-amount written.
+:func:`prepare_from_root` asks a dataset module for the :class:`PreparePlan` of
+its raw release (see :mod:`mmrobust.datasets._plan`); :func:`run_prepare`
+streams the tasks through the plan's worker, in parallel if asked, and writes
+the results in task order into ``.npy`` files created with
+:func:`numpy.lib.format.open_memmap`; :mod:`mmrobust.datasets._cache_read`
+memory-maps them. Memory stays bounded: at most a few samples per worker are in
+flight, nothing else is kept, and the files are written with positioned writes
+rather than through a mapping, so the resident set of a prepare does not grow
+with the amount written.
+
+Every plan declares the arrays :data:`REQUIRED_ARRAYS`: ``skeleton``,
+``label`` and ``name`` (a string per sample, its name in the release, which
+:func:`~mmrobust.datasets._cache_read.build_bundle` lists per split in
+``DatasetBundle.info["names"]``); ``rgb`` and metadata arrays (performer,
+camera, ...) are optional.
 
 Layout of one cache directory (``<cache>/<dataset>/<root name>-<key>/``)::
 
     key.json            what the cache was built from (dataset, root, sizes)
-    <array>.npy         rgb, label and per-sample metadata, one row per sample
+    <array>.npy         rgb, label, name and per-sample metadata, one row per sample
     skeleton.raw.npy    skeletons as parsed (NaN where nobody is), while preparing
     skeleton.npy        skeletons mapped into [0, 1], written at the end
     progress.json       how far a running prepare has got (removed when done)
     manifest.json       written last: counts, skips, normalisation, fingerprint
+    .lock               held while a prepare writes (one writer at a time)
 
 Resuming: rows are written in task order and ``progress.json`` records,
 atomically, how many tasks are done and which were skipped. A killed prepare
@@ -34,40 +41,34 @@ joint) the stored value is exactly 0.0, which no valid joint takes.
 ``manifest["skeleton"]`` records scale, offset, unit and padding:
 ``physical = value * scale + offset[axis]``.
 
-Worker processes import this module, so it imports neither torch nor the
-dataset registry at module level; :func:`build_bundle` and
-:func:`prepare_command` import what they need when called.
+Only the preparing process imports this module (workers import
+:mod:`~mmrobust.datasets._plan` and the dataset's format module); it imports
+no dataset module and not the registry.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
-import pickle
 import re
 import shlex
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from mmrobust.datasets.base import cache_root
+from mmrobust.datasets._plan import FORMAT_VERSION, PreparePlan, raise_for_skip, run_tasks
+from mmrobust.datasets.base import DataRequest, cache_root
 from mmrobust.files import write_text
 
 logger = logging.getLogger("mmrobust.datasets")
 
-#: Bumped whenever the cache layout or the preprocessing changes; part of the key.
-FORMAT_VERSION = 1
 #: Seconds between progress records while preparing (tests set 0: record after every sample).
 COMMIT_SECONDS = 2.0
 #: Bytes read per step when a pass runs over a whole array (bounds the memory of those passes).
@@ -76,44 +77,18 @@ _CHUNK_BYTES = 1 << 20
 SKELETON_MARGIN = 0.01
 #: Per-sample skip reasons logged one by one before the rest are only counted.
 _LOGGED_SKIPS = 20
-
-
-class SampleError(ValueError):
-    """One sample of a raw release cannot be used.
-
-    Attributes:
-        kind: short category, counted in the manifest ("malformed", "nan",
-            "no-bodies", "video", "label", "missing", "unreadable", "name",
-            "duplicate").
-        path: the offending file (with ``:line`` where it helps).
-        reason: what is wrong, in words.
-    """
-
-    def __init__(self, kind: str, path: str | os.PathLike, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.kind = kind
-        self.path = str(path)
-        self.reason = reason
-
-    def __reduce__(self):  # keep the fields when sent back from a worker process
-        return (SampleError, (self.kind, self.path, self.reason))
-
-    def record(self, name: str) -> dict[str, str]:
-        return {"name": name, "kind": self.kind, "path": self.path, "reason": self.reason}
-
-
-def raise_for_skip(skip: Mapping[str, str]) -> None:
-    """Raise the error ``--strict`` asks for: FileNotFoundError for a missing file, else ValueError."""
-    message = f"{skip['path']}: {skip['reason']}"
-    if skip["kind"] == "missing":
-        raise FileNotFoundError(message)
-    raise ValueError(message)
+#: Arrays every plan declares: the cache's normalisation, labels and per-split sample names need them.
+REQUIRED_ARRAYS = ("skeleton", "label", "name")
 
 
 # -- locations ---------------------------------------------------------------
 
-def cache_key(dataset: str, root: str | os.PathLike, request: Any) -> dict[str, Any]:
-    """What identifies a prepared cache: dataset, resolved root, input sizes, format version."""
+def cache_key(dataset: str, root: str | os.PathLike, request: DataRequest) -> dict[str, Any]:
+    """What identifies a prepared cache: dataset, resolved root, input sizes, format version.
+
+    Only these fields: a request's split, seed, preset name or progress flag
+    never moves a cache.
+    """
     return {
         "dataset": dataset,
         "root": os.path.realpath(os.fspath(root)),
@@ -124,7 +99,7 @@ def cache_key(dataset: str, root: str | os.PathLike, request: Any) -> dict[str, 
     }
 
 
-def cache_directory(dataset: str, root: str | os.PathLike, request: Any) -> Path:
+def cache_directory(dataset: str, root: str | os.PathLike, request: DataRequest) -> Path:
     """The cache directory for ``dataset`` prepared from ``root`` at the request's sizes."""
     key = cache_key(dataset, root, request)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -132,35 +107,25 @@ def cache_directory(dataset: str, root: str | os.PathLike, request: Any) -> Path
     return cache_root(request.cache_dir) / dataset / f"{stem}-{digest}"
 
 
-def prepare_command(dataset: str, request: Any, root: str | os.PathLike | None = None) -> str:
+def prepare_command(dataset: str, request: DataRequest, root: str | os.PathLike | None = None) -> str:
     """The shell command that prepares what ``request`` asks for.
 
-    The input sizes are named by the model preset that has them (``--preset``),
-    else spelled out.
+    The input sizes are named by the request's model preset (``--preset``)
+    when it has one, else spelled out.
     """
-    sizes = tuple(int(getattr(request, f)) for f in ("rgb_frames", "rgb_size", "skeleton_frames"))
     words = ["mmrobust", "prepare", "--dataset", dataset,
              "--root", shlex.quote(os.fspath(root)) if root else "PATH"]
-    try:
-        from ..presets import PRESETS  # noqa: PLC0415 - only to name the sizes in a message
-    except ImportError:  # pragma: no cover - presets are part of the package
-        PRESETS = {}
-    preset = next((p.name for p in PRESETS.values()
-                   if (p.rgb_frames, p.rgb_size, p.skeleton_frames) == sizes), None)
-    if preset:
-        words += ["--preset", preset]
+    if request.preset:
+        words += ["--preset", request.preset]
     else:
-        words += ["--rgb-frames", str(sizes[0]), "--rgb-size", str(sizes[1]), "--skeleton-frames", str(sizes[2])]
+        words += ["--rgb-frames", str(request.rgb_frames), "--rgb-size", str(request.rgb_size),
+                  "--skeleton-frames", str(request.skeleton_frames)]
     if request.cache_dir:
         words += ["--data-dir", shlex.quote(os.fspath(request.cache_dir))]
     return " ".join(words)
 
 
-# -- atomic files ------------------------------------------------------------
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    write_text(path, text)
-
+# -- JSON files --------------------------------------------------------------
 
 def atomic_write_json(path: str | os.PathLike, value: Any) -> None:
     write_text(path, json.dumps(value, indent=1, sort_keys=True) + "\n")
@@ -171,172 +136,7 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(stream)
 
 
-# -- restricted unpickling ---------------------------------------------------
-
-_PICKLE_ALLOWED = {
-    ("builtins", "list"), ("builtins", "dict"), ("builtins", "tuple"), ("builtins", "set"),
-    ("builtins", "str"), ("builtins", "int"), ("builtins", "float"), ("builtins", "bytes"),
-    ("builtins", "bytearray"), ("builtins", "slice"), ("_codecs", "encode"),
-    ("collections", "OrderedDict"), ("collections", "defaultdict"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-}
-
-
-class _DataUnpickler(pickle.Unpickler):
-    """Unpickles plain containers and numpy arrays only: a data file cannot run code."""
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in _PICKLE_ALLOWED or (module == "numpy" and name.endswith("DType")):
-            if module.startswith("numpy.core") or module.startswith("numpy._core"):
-                # numpy 1 pickles name numpy.core, numpy 2 pickles numpy._core; load either with either
-                tail = module.split(".", 2)[2]
-                for candidate in (f"numpy._core.{tail}", f"numpy.core.{tail}"):
-                    with contextlib.suppress(ImportError, AttributeError):
-                        return super().find_class(candidate, name)
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: "
-                                     "a data pickle holds only lists, dicts and arrays")
-
-
-def load_data_pickle(path: str | os.PathLike) -> Any:
-    """Load a pickle of lists, dicts, strings, numbers and numpy arrays.
-
-    Raises:
-        ValueError: the file is not such a pickle (the message names it).
-    """
-    try:
-        with open(path, "rb") as stream:
-            return _DataUnpickler(stream, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError, ValueError) as error:
-        raise ValueError(f"{path}: not a readable data pickle ({type(error).__name__}: {error})") from None
-
-
-# -- the plan ----------------------------------------------------------------
-
-@dataclasses.dataclass
-class PreparePlan:
-    """Everything :func:`run_prepare` needs, built by a dataset module from its raw release.
-
-    Attributes:
-        dataset: registry name.
-        source: which release format the tasks come from ("raw", "pyskl", ...).
-        root: the raw release that was scanned.
-        names: one sample name per task, in order.
-        tasks: one small picklable description per sample, in order.
-        arrays: per-sample shape and dtype of every array the worker returns;
-            ``"skeleton"`` (raw, NaN where nobody is) and ``"label"`` are required.
-        worker: module-level function ``(task, config) -> {array: value}``; raises
-            :class:`SampleError` for unusable input.
-        config: passed to every worker call.
-        split_masks: ``(arrays) -> {protocol: bool mask of training samples}``,
-            given the kept label and metadata arrays (not rgb or skeleton).
-        class_names: one per label.
-        skeleton_unit: "m" or "px".
-        skeleton_axes: names of the skeleton coordinate channels.
-        skipped: samples already rejected while planning (records as in
-            :meth:`SampleError.record`).
-        info: extra manifest entries (class mapping, exclusions, layout notes).
-    """
-
-    dataset: str
-    source: str
-    root: str
-    names: Sequence[str]
-    tasks: Sequence[Any]
-    arrays: Mapping[str, tuple[tuple[int, ...], str]]
-    worker: Callable[[Any, Mapping[str, Any]], Mapping[str, Any]]
-    config: Mapping[str, Any]
-    split_masks: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
-    class_names: Sequence[str]
-    skeleton_unit: str
-    skeleton_axes: Sequence[str]
-    skipped: list[dict[str, str]] = dataclasses.field(default_factory=list)
-    info: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def digest(self) -> str:
-        """Identifies the work: the sample list, worker, config and array layout."""
-        content = {
-            "format_version": FORMAT_VERSION,
-            "dataset": self.dataset,
-            "source": self.source,
-            "worker": f"{self.worker.__module__}.{self.worker.__qualname__}",
-            "config": dict(self.config),
-            "arrays": {k: [list(s), d] for k, (s, d) in self.arrays.items()},
-            "planning_skips": [s["name"] for s in self.skipped],
-        }
-        digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode())
-        for name in self.names:
-            digest.update(name.encode() + b"\0")
-        return digest.hexdigest()
-
-
-class Planner:
-    """Collects a plan's tasks and the samples rejected while scanning; with ``strict`` a rejection raises."""
-
-    def __init__(self, strict: bool) -> None:
-        self.strict = strict
-        self.tasks: list[dict[str, Any]] = []
-        self.skipped: list[dict[str, str]] = []
-
-    def skip(self, error: SampleError, name: str) -> None:
-        record = error.record(name)
-        if self.strict:
-            raise_for_skip(record)
-        self.skipped.append(record)
-
-
-def _run_task(worker, name: str, task: Any, config: Mapping[str, Any]):
-    """Run one task; a bad sample becomes a skip record instead of an exception."""
-    try:
-        return "ok", worker(task, config)
-    except SampleError as error:
-        return "skip", error.record(name)
-    except FileNotFoundError as error:
-        return "skip", {"name": name, "kind": "missing", "path": str(error.filename or name),
-                        "reason": f"file not found ({error.strerror or error})"}
-    except OSError as error:
-        return "skip", {"name": name, "kind": "unreadable", "path": str(error.filename or name),
-                        "reason": f"cannot be read ({error.strerror or error})"}
-    except Exception as error:
-        raise RuntimeError(f"unexpected error while preparing sample {name!r}: "
-                           f"{type(error).__name__}: {error}") from error
-
-
-def _outcomes(plan: PreparePlan, start: int, workers: int) -> Iterator[tuple[int, tuple[str, Any]]]:
-    """Results of tasks ``start..`` in task order, at most a few per worker in flight."""
-    total = len(plan.tasks)
-    if workers <= 1:
-        for index in range(start, total):
-            yield index, _run_task(plan.worker, plan.names[index], plan.tasks[index], plan.config)
-        return
-    window = 2 * workers + 2
-    # spawn: workers start clean instead of copying a parent that may hold torch and its threads.
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-    pending: deque = deque()
-    upcoming = iter(range(start, total))
-
-    def submit(index: int) -> None:
-        future = pool.submit(_run_task, plan.worker, plan.names[index], plan.tasks[index], plan.config)
-        pending.append((index, future))
-
-    try:
-        for index in upcoming:
-            submit(index)
-            if len(pending) >= window:
-                break
-        while pending:
-            index, future = pending.popleft()
-            outcome = future.result()
-            following = next(upcoming, None)
-            if following is not None:
-                submit(following)
-            yield index, outcome
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
+# -- writing -----------------------------------------------------------------
 
 @contextlib.contextmanager
 def _exclusive(directory: Path) -> Iterator[None]:
@@ -434,9 +234,10 @@ def _open_staged(plan: PreparePlan, directory: Path, fresh: bool) -> dict[str, R
     return files
 
 
-def prepare_from_root(dataset: str, request: Any, plan: Callable[..., PreparePlan], *, workers: int,
+def prepare_from_root(dataset: str, request: DataRequest, plan: Callable[..., PreparePlan], *, workers: int,
                       strict: bool, release: str) -> dict[str, Any]:
-    """Plan the work for ``request.root`` with ``plan`` and run it into the dataset's cache."""
+    """Plan the work for ``request.root`` with ``plan(root, request, strict=...)`` and run it into the
+    dataset's cache (:func:`cache_directory`); ``release`` names what the root must hold, for messages."""
     if not request.root:
         raise ValueError(f"preparing {dataset} needs the folder of the {release} (root)")
     root = Path(request.root).expanduser()
@@ -452,9 +253,15 @@ def run_prepare(plan: PreparePlan, directory: Path, key: Mapping[str, Any], *, w
     Raises:
         ValueError / FileNotFoundError: with ``strict``, at the first unusable
             sample; without, only when no sample at all is usable.
+        ValueError: the plan lacks an array every cache needs
+            (:data:`REQUIRED_ARRAYS`).
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    lacking = [name for name in REQUIRED_ARRAYS if name not in plan.arrays]
+    if lacking:
+        raise ValueError(f"the {plan.dataset} plan declares arrays {sorted(plan.arrays)}; every cache needs "
+                         f"{', '.join(REQUIRED_ARRAYS)} (lacking: {', '.join(lacking)})")
     if not plan.tasks:
         _raise_nothing_usable(plan)
     directory.mkdir(parents=True, exist_ok=True)
@@ -521,7 +328,7 @@ def _stream(plan, arrays, state, progress_path, *, workers, strict, progress) ->
     bar = tqdm(total=total, initial=state["next"], disable=not progress, unit="clip",
                desc=f"prepare {plan.dataset}", dynamic_ncols=True)
     last_commit = time.monotonic()
-    outcomes = _outcomes(plan, state["next"], workers)
+    outcomes = run_tasks(plan, state["next"], workers)
     try:
         for index, (status, payload) in outcomes:
             if status == "ok":
@@ -686,144 +493,3 @@ def _fingerprint_rows(files: Mapping[str, RowFile], count: int) -> str:
         for rows in _rows(file.shape, file.dtype, count):
             digest.update(file.read(rows))
     return digest.hexdigest()
-
-
-# -- reading a prepared cache ------------------------------------------------
-
-class IndexedRows:
-    """Rows ``indices`` of a (memory-mapped) array, read only when indexed.
-
-    Behaves like the array ``base[indices]`` for ``len``, ``shape``, ``dtype``
-    and indexing along the first axis, without copying the data up front.
-    """
-
-    def __init__(self, base: np.ndarray, indices: np.ndarray) -> None:
-        self.base = base
-        self.indices = np.asarray(indices, dtype=np.int64)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (len(self.indices), *self.base.shape[1:])
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.base.dtype
-
-    @property
-    def ndim(self) -> int:
-        return self.base.ndim
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, key):
-        if isinstance(key, tuple):
-            first, rest = key[0], key[1:]
-            return self[first][(slice(None), *rest) if not np.isscalar(first) else rest]
-        rows = self.indices[key]
-        if np.ndim(rows) == 0:
-            return np.asarray(self.base[int(rows)])
-        order = np.argsort(rows, kind="stable")  # read the file front to back
-        out = np.empty((len(rows), *self.base.shape[1:]), dtype=self.base.dtype)
-        out[order] = self.base[rows[order]]
-        return out
-
-    def __array__(self, dtype=None, copy=None):
-        values = self[:]
-        return values if dtype is None else values.astype(dtype)
-
-    def __repr__(self) -> str:
-        return f"IndexedRows(shape={self.shape}, dtype={self.dtype})"
-
-
-def select_rows(array: np.ndarray, indices: np.ndarray):
-    """``array[indices]`` without copying: a slice when the rows are contiguous, else :class:`IndexedRows`."""
-    indices = np.asarray(indices, dtype=np.int64)
-    if len(indices) and np.array_equal(indices, np.arange(indices[0], indices[0] + len(indices))):
-        return array[indices[0]:indices[0] + len(indices)]
-    return IndexedRows(array, indices)
-
-
-def find_prepared(dataset: str, request: Any) -> Path:
-    """The directory of a finished cache for ``request``.
-
-    With ``request.root`` the cache prepared from that root at the request's
-    sizes; without, the only finished cache of ``dataset`` at those sizes.
-
-    Raises:
-        FileNotFoundError: none (or several, without a root); the message gives
-            the ``mmrobust prepare`` command to run.
-    """
-    if request.root:
-        directory = cache_directory(dataset, request.root, request)
-        if (directory / "manifest.json").is_file():
-            return directory
-        command = prepare_command(dataset, request, os.path.realpath(os.fspath(request.root)))
-        if (directory / "progress.json").is_file():
-            raise FileNotFoundError(f"preparing {dataset} from {request.root} was interrupted ({directory}); "
-                                    f"resume it with: {command}")
-        raise FileNotFoundError(f"{dataset} has not been prepared from {request.root} at these sizes "
-                                f"(looked in {directory}); run: {command}")
-    sizes = {f: getattr(request, f) for f in ("rgb_frames", "rgb_size", "skeleton_frames")}
-    found = []
-    base = cache_root(request.cache_dir) / dataset
-    if base.is_dir():
-        for manifest_path in sorted(base.glob("*/manifest.json")):
-            with contextlib.suppress(OSError, ValueError):
-                key = read_json(manifest_path)["key"]
-                if all(key.get(f) == v for f, v in sizes.items()) and key.get("format_version") == FORMAT_VERSION:
-                    found.append((manifest_path.parent, key["root"]))
-    if len(found) == 1:
-        return found[0][0]
-    command = prepare_command(dataset, request)
-    if not found:
-        raise FileNotFoundError(f"{dataset} has not been prepared at these sizes (looked in {base}); "
-                                f"run: {command}")
-    roots = ", ".join(root for _, root in found)
-    raise FileNotFoundError(f"{dataset} was prepared from several roots ({roots}); choose one with --root")
-
-
-def open_prepared(directory: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The manifest and the memory-mapped arrays (first ``num_samples`` rows) of a finished cache."""
-    manifest = read_json(directory / "manifest.json")
-    count = manifest["num_samples"]
-    arrays = {}
-    for name, entry in manifest["arrays"].items():
-        path = directory / entry["file"]
-        array = np.load(path, mmap_mode="r")
-        if array.shape[1:] != tuple(entry["shape"][1:]) or len(array) < count:
-            raise ValueError(f"{path}: shape {array.shape} does not match the manifest ({entry['shape']}); "
-                             "prepare again")
-        arrays[name] = array[:count]
-    return manifest, arrays
-
-
-def build_bundle(dataset: str, request: Any, split: str, splits: Sequence[str], default_epochs: int,
-                 split_masks: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]):
-    """Open the prepared cache for ``request`` and cut it into the ``split`` protocol's train and test sets."""
-    from .base import DatasetBundle, Split  # noqa: PLC0415 - torch stays out of worker processes
-
-    directory = find_prepared(dataset, request)
-    manifest, arrays = open_prepared(directory)
-    available = [s for s in splits if s in manifest["splits"]]
-    if split not in available:
-        raise ValueError(f"{dataset} prepared from {manifest['root']} offers splits {available}, not {split!r}")
-    small = {name: np.asarray(array) for name, array in arrays.items() if name not in ("rgb", "skeleton")}
-    is_train = np.asarray(split_masks(small)[split], dtype=bool)
-
-    def subset(mask: np.ndarray):
-        indices = np.flatnonzero(mask)
-        parts = {name: select_rows(arrays[name], indices) for name in manifest["modalities"]}
-        parts["label"] = small["label"][indices].astype(np.int64)
-        return Split(parts)
-
-    fingerprint = hashlib.sha256(f"{manifest['fingerprint']}:{split}".encode()).hexdigest()
-    info = {key: manifest[key] for key in ("source", "root", "skipped_count", "skeleton", "num_samples")}
-    info.update(cache_dir=str(directory), cache_fingerprint=manifest["fingerprint"],
-                names={"train": small["name"][is_train].tolist(), "test": small["name"][~is_train].tolist()})
-    return DatasetBundle(
-        name=dataset, train=subset(is_train), test=subset(~is_train),
-        num_classes=manifest["num_classes"], class_names=tuple(manifest["class_names"]),
-        skeleton_scale=float(manifest["skeleton"]["scale"]), skeleton_unit=manifest["skeleton"]["unit"],
-        fingerprint=fingerprint, default_epochs=default_epochs, split=split, info=info,
-    )

@@ -1,0 +1,21 @@
+"""``minsim+exfmem``: ExFMem on a model trained with the MinSim loss (Tian & Xu, CVPR 2021).
+
+The authors' pipeline: a MinSim model, then the memory banks. The defense is
+the combination (:func:`mmrobust.defense.combine`) of the registered
+``minsim`` and ``exfmem``: MinSim's projections are built first, then the
+memory filters; training uses MinSim's loss; after training the banks are
+filled; the BPDA surrogate is ExFMem's. Its parameters are both defenses'
+(``weight``, ``dim``, ``adversarial``; ``bank_size``, ``lam``, ``iterations``,
+``blend``).
+
+Modalities: ``rgb`` and ``skeleton`` (MinSim's). Threat model: as ``exfmem``.
+
+Example::
+
+    mmrobust run --defense minsim+exfmem --dataset synthetic --defense-param iterations=100
+"""
+
+from mmrobust.defense import combine
+from mmrobust.registry import register_defense
+
+register_defense("minsim+exfmem", combine("minsim", "exfmem"), origin=__name__)

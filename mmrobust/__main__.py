@@ -1,0 +1,5 @@
+"""``python -m mmrobust``: the command line (see :mod:`mmrobust.cli`)."""
+
+from mmrobust.cli import main
+
+main()

@@ -1,0 +1,173 @@
+"""Reading a prepared-dataset cache: finding it, mapping its arrays, cutting a split.
+
+:func:`find_prepared` locates the finished cache for a request (or says which
+``mmrobust prepare`` command makes it), :func:`open_prepared` memory-maps its
+arrays, and :func:`build_bundle` cuts them into the train and test sets of a
+protocol without copying (:func:`select_rows`). The layout is described in
+:mod:`mmrobust.datasets._cache_write`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmrobust.datasets._cache_write import cache_directory, prepare_command, read_json
+from mmrobust.datasets._plan import FORMAT_VERSION
+from mmrobust.datasets.base import DataRequest, DatasetBundle, Modality, Split, cache_root, describe_modalities
+
+
+class IndexedRows:
+    """Rows ``indices`` of a (memory-mapped) array, read only when indexed.
+
+    Behaves like the array ``base[indices]`` for ``len``, ``shape``, ``dtype``
+    and indexing along the first axis, without copying the data up front.
+    """
+
+    def __init__(self, base: np.ndarray, indices: np.ndarray) -> None:
+        self.base = base
+        self.indices = np.asarray(indices, dtype=np.int64)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.indices), *self.base.shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.base.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.base.ndim
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            first, rest = key[0], key[1:]
+            return self[first][(slice(None), *rest) if not np.isscalar(first) else rest]
+        rows = self.indices[key]
+        if np.ndim(rows) == 0:
+            return np.asarray(self.base[int(rows)])
+        order = np.argsort(rows, kind="stable")  # read the file front to back
+        out = np.empty((len(rows), *self.base.shape[1:]), dtype=self.base.dtype)
+        out[order] = self.base[rows[order]]
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        values = self[:]
+        return values if dtype is None else values.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"IndexedRows(shape={self.shape}, dtype={self.dtype})"
+
+
+def select_rows(array: np.ndarray, indices: np.ndarray):
+    """``array[indices]`` without copying: a slice when the rows are contiguous, else :class:`IndexedRows`."""
+    indices = np.asarray(indices, dtype=np.int64)
+    if len(indices) and np.array_equal(indices, np.arange(indices[0], indices[0] + len(indices))):
+        return array[indices[0]:indices[0] + len(indices)]
+    return IndexedRows(array, indices)
+
+
+def find_prepared(dataset: str, request: DataRequest) -> Path:
+    """The directory of a finished cache for ``request``.
+
+    With ``request.root`` the cache prepared from that root at the request's
+    sizes; without, the only finished cache of ``dataset`` at those sizes.
+
+    Raises:
+        FileNotFoundError: none (or several, without a root); the message gives
+            the ``mmrobust prepare`` command to run.
+    """
+    if request.root:
+        directory = cache_directory(dataset, request.root, request)
+        if (directory / "manifest.json").is_file():
+            return directory
+        command = prepare_command(dataset, request, os.path.realpath(os.fspath(request.root)))
+        if (directory / "progress.json").is_file():
+            raise FileNotFoundError(f"preparing {dataset} from {request.root} was interrupted ({directory}); "
+                                    f"resume it with: {command}")
+        raise FileNotFoundError(f"{dataset} has not been prepared from {request.root} at these sizes "
+                                f"(looked in {directory}); run: {command}")
+    sizes = {f: getattr(request, f) for f in ("rgb_frames", "rgb_size", "skeleton_frames")}
+    found = []
+    base = cache_root(request.cache_dir) / dataset
+    if base.is_dir():
+        for manifest_path in sorted(base.glob("*/manifest.json")):
+            with contextlib.suppress(OSError, ValueError):
+                key = read_json(manifest_path)["key"]
+                if all(key.get(f) == v for f, v in sizes.items()) and key.get("format_version") == FORMAT_VERSION:
+                    found.append((manifest_path.parent, key["root"]))
+    if len(found) == 1:
+        return found[0][0]
+    command = prepare_command(dataset, request)
+    if not found:
+        raise FileNotFoundError(f"{dataset} has not been prepared at these sizes (looked in {base}); "
+                                f"run: {command}")
+    roots = ", ".join(root for _, root in found)
+    raise FileNotFoundError(f"{dataset} was prepared from several roots ({roots}); choose one with --root")
+
+
+def open_prepared(directory: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The manifest and the memory-mapped arrays (first ``num_samples`` rows) of a finished cache."""
+    manifest = read_json(directory / "manifest.json")
+    count = manifest["num_samples"]
+    arrays = {}
+    for name, entry in manifest["arrays"].items():
+        path = directory / entry["file"]
+        array = np.load(path, mmap_mode="r")
+        if array.shape[1:] != tuple(entry["shape"][1:]) or len(array) < count:
+            raise ValueError(f"{path}: shape {array.shape} does not match the manifest ({entry['shape']}); "
+                             "prepare again")
+        arrays[name] = array[:count]
+    return manifest, arrays
+
+
+def build_bundle(dataset: str, request: DataRequest, split: str, splits: Sequence[str], default_epochs: int,
+                 split_masks: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]], *,
+                 modalities: Sequence[Modality]) -> DatasetBundle:
+    """Open the prepared cache for ``request`` and cut it into the ``split`` protocol's train and test sets.
+
+    Args:
+        dataset: registry name (the cache's folder).
+        request: what to open (root, sizes, cache_dir).
+        split: the protocol asked for; one of ``splits`` that this cache offers.
+        splits: every protocol the dataset knows.
+        default_epochs: the dataset recipe's training length.
+        split_masks: ``(metadata arrays) -> {protocol: bool mask of training samples}``.
+        modalities: the dataset's declared modalities; those in the cache
+            describe the bundle's (``DatasetBundle.modality_info``).
+    """
+    directory = find_prepared(dataset, request)
+    manifest, arrays = open_prepared(directory)
+    available = [s for s in splits if s in manifest["splits"]]
+    if split not in available:
+        raise ValueError(f"{dataset} prepared from {manifest['root']} offers splits {available}, not {split!r}")
+    small = {name: np.asarray(array) for name, array in arrays.items() if name not in ("rgb", "skeleton")}
+    is_train = np.asarray(split_masks(small)[split], dtype=bool)
+
+    def subset(mask: np.ndarray) -> Split:
+        indices = np.flatnonzero(mask)
+        parts = {name: select_rows(arrays[name], indices) for name in manifest["modalities"]}
+        parts["label"] = small["label"][indices].astype(np.int64)
+        return Split(parts)
+
+    fingerprint = hashlib.sha256(f"{manifest['fingerprint']}:{split}".encode()).hexdigest()
+    info = {key: manifest[key] for key in ("source", "root", "skipped_count", "skeleton", "num_samples")}
+    info.update(cache_dir=str(directory), cache_fingerprint=manifest["fingerprint"],
+                names={"train": small["name"][is_train].tolist(), "test": small["name"][~is_train].tolist()})
+    return DatasetBundle(
+        name=dataset, train=subset(is_train), test=subset(~is_train),
+        num_classes=manifest["num_classes"], class_names=tuple(manifest["class_names"]),
+        skeleton_scale=float(manifest["skeleton"]["scale"]), skeleton_unit=manifest["skeleton"]["unit"],
+        fingerprint=fingerprint, default_epochs=default_epochs, split=split, info=info,
+        modality_info=describe_modalities(modalities, manifest["modalities"]),
+    )

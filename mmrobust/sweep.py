@@ -1,0 +1,84 @@
+"""``mmrobust sweep``: every defense on one dataset, then its leaderboard with the records behind it.
+
+Finished runs are reused (their record), killed ones resume from their
+checkpoint, so a sweep can be re-run until everything is done. Each record is
+copied with its per-sample outcomes to ``<out>/<dataset>/records/`` and the
+canaries of :mod:`mmrobust.canary` are written beside them.
+
+Example::
+
+    from mmrobust.sweep import sweep
+
+    table = sweep("synthetic", ["none", "amr"], runs_dir=Path("runs"), out=Path("leaderboards"))
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from mmrobust import canary
+from mmrobust.config import RunConfig
+from mmrobust.leaderboard import build_table, load_records, write_leaderboard
+from mmrobust.registry import DEFENSES
+from mmrobust.results import Record
+from mmrobust.run import (RunDirError, check_run_dir, default_run_dir, execute, load_data, record_name,
+                          resume_state)
+
+
+def sweep(dataset: str, defenses: Sequence[str] = (), *, preset: str = "tiny", seed: int = 0, device: str = "auto",
+          runs_dir: Path = Path("runs"), out: Path = Path("leaderboards"), progress: bool = True,
+          say: Callable[[str], None] = print) -> pd.DataFrame:
+    """Run (or reuse, or resume) every defense in ``defenses`` (default: all registered) and write the leaderboard.
+
+    Returns the standard-v1 table that was written to ``out/<dataset>/``.
+
+    Raises:
+        UnknownNameError: a defense that is not registered (with suggestions).
+        RunDirError: a finished run of other data (an older generator, say) in
+            the way; it is never mixed in.
+    """
+    names = list(defenses) or DEFENSES.names()
+    for name in names:
+        DEFENSES.get(name)  # unknown names fail before any work, with suggestions
+    records_dir = out / dataset / "records"
+    fingerprint = None
+    for name in names:
+        config = RunConfig(dataset=dataset, defense=name, preset=preset, seed=seed, device=device)
+        directory = runs_dir / default_run_dir(config).relative_to("runs")
+        record_path = directory / record_name(config.protocol)
+        if record_path.is_file():
+            fingerprint = fingerprint or load_data(config, progress=progress).fingerprint
+            stored = Record.load(record_path).fingerprint
+            if stored != fingerprint:
+                raise RunDirError(f"{directory} holds a finished run of other data (fingerprint {stored}, the data "
+                                  f"now is {fingerprint}); move it away or pass --runs with another folder")
+            say(f"{name}: finished earlier ({directory})")
+        else:
+            state = resume_state(directory, None) if (directory / "checkpoint.pt").is_file() else None
+            check_run_dir(directory, resume=state is not None)
+            started = time.perf_counter()
+            say(f"{name}: {'resuming' if state else 'running'} in {directory}")
+            if state is not None:
+                config = RunConfig.from_dict(state["config"]).replace(device=device)
+            execute(config, directory, resume=state, progress=progress)
+            say(f"{name}: done in {time.perf_counter() - started:.0f} s")
+        _publish(Record.load(directory / record_name(config.protocol)), directory, records_dir)
+    table = build_table(load_records([records_dir]), dataset)
+    write_leaderboard(table, out, dataset, "standard-v1")
+    say("canaries: short exact runs of every defense, checked by the tests against these records")
+    canary.write(out / dataset, names, dataset, preset)
+    return table
+
+
+def _publish(record: Record, directory: Path, records_dir: Path) -> None:
+    """Copy a run's record and outcomes to ``records_dir`` as ``<run>.json`` and ``<run>.outcomes.npz``."""
+    records_dir.mkdir(parents=True, exist_ok=True)
+    stem = directory.name
+    shutil.copyfile(directory / record.evaluation["outcomes"], records_dir / f"{stem}.outcomes.npz")
+    record.replace(evaluation={**record.evaluation, "outcomes": f"{stem}.outcomes.npz"}).save(
+        records_dir / f"{stem}.json")
