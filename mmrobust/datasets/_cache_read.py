@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from mmrobust.datasets._cache_write import cache_directory, prepare_command, read_json
-from mmrobust.datasets._plan import FORMAT_VERSION
-from mmrobust.datasets.base import DataRequest, DatasetBundle, Modality, Split, cache_root, describe_modalities
+from mmrobust.datasets._cache_write import cache_directory, prepare_command, prepare_from_root, read_json
+from mmrobust.datasets._plan import FORMAT_VERSION, PreparePlan
+from mmrobust.datasets.base import (DataRequest, Dataset, DatasetBundle, Modality, Split, cache_root,
+                                    describe_modalities)
 
 
 class IndexedRows:
@@ -171,3 +172,57 @@ def build_bundle(dataset: str, request: DataRequest, split: str, splits: Sequenc
         fingerprint=fingerprint, default_epochs=default_epochs, split=split, info=info,
         modality_info=describe_modalities(modalities, manifest["modalities"]),
     )
+
+
+class PreparedRelease(Dataset):
+    """A dataset read from a raw release through the prepared cache: ``prepare`` plans and writes it,
+    ``load`` cuts it by split protocol.
+
+    Subclasses set :attr:`name`, :attr:`splits`, :attr:`default_epochs`,
+    :attr:`release` (what the root must hold, for messages) and implement
+    :meth:`plan` and :meth:`split_masks` (and :meth:`default_split` if it
+    depends on what was prepared).
+    """
+
+    name: str = ""
+    splits: tuple[str, ...] = ()
+    default_epochs: int = 1
+    release: str = "release"
+
+    def plan(self, root: Path, request: DataRequest, *, strict: bool = False) -> PreparePlan:
+        """Scan ``root`` and list the work: one task per usable sample, skips with reasons."""
+        raise NotImplementedError
+
+    def split_masks(self, arrays: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        """``{protocol: bool mask of training samples}`` from the per-sample metadata arrays."""
+        raise NotImplementedError
+
+    def default_split(self, request: DataRequest) -> str:
+        """The protocol a request without ``split`` gets."""
+        return self.splits[0]
+
+    def load(self, request: DataRequest) -> DatasetBundle:
+        """The prepared cache for ``request.root``, cut by ``request.split``.
+
+        Raises:
+            FileNotFoundError: nothing prepared for this root and these sizes; the
+                message gives the ``mmrobust prepare`` command.
+            ValueError: an unknown split, or one the prepared release lacks.
+        """
+        if request.split is not None and request.split not in self.splits:
+            raise ValueError(f"unknown {self.name} split {request.split!r}; choose one of {', '.join(self.splits)}")
+        split = request.split or self.default_split(request)
+        return build_bundle(self.name, request, split, self.splits, self.default_epochs, self.split_masks,
+                            modalities=self.modalities)
+
+    def prepare(self, request: DataRequest, *, workers: int = 1, strict: bool = False) -> dict[str, Any]:
+        """Convert the release at ``request.root`` into the cache (see :meth:`Dataset.prepare`).
+
+        Raises:
+            FileNotFoundError: the root lacks the expected layout (or, with
+                ``strict``, a sample's file is missing).
+            ValueError: with ``strict``, a malformed sample; always, when no
+                sample is usable.
+        """
+        return prepare_from_root(self.name, request, self.plan, workers=workers, strict=strict,
+                                 release=self.release)

@@ -54,15 +54,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..registry import register_dataset
 from . import _imigue_format
-from ._cache_read import build_bundle, find_prepared
-from ._cache_write import prepare_from_root, read_json
+from ._cache_read import PreparedRelease, find_prepared
+from ._cache_write import read_json
 from ._plan import Planner, PreparePlan, SampleError
-from .base import RGB, SKELETON, DataRequest, Dataset, DatasetBundle
+from .base import RGB, SKELETON, DataRequest
 
 SPLITS = ("xsub", "challenge")
 XSUB_TRAIN_SUBJECTS = (2, 4, 5, 6, 9, 10, 12, 13, 14, 15, 17, 18, 20, 21, 22, 23, 25, 28, 29, 30, 31, 35, 36,
@@ -80,39 +83,23 @@ _split_masks = functools.partial(_imigue_format.split_masks, train_subjects=XSUB
 
 
 @register_dataset("imigue")
-class IMiGUE(Dataset):
+class IMiGUE(PreparedRelease):
     """iMiGUE from its raw release (RGB + 2-D pose) or the MiGA challenge arrays (skeleton only)."""
 
     modalities = (RGB, SKELETON)
 
-    def load(self, request: DataRequest) -> DatasetBundle:
-        """The prepared iMiGUE cache for ``request.root``, cut by ``request.split``.
+    name, splits, default_epochs, release = "imigue", SPLITS, DEFAULT_EPOCHS, "raw or challenge release"
 
-        Raises:
-            FileNotFoundError: nothing prepared for this root and these sizes; the
-                message gives the ``mmrobust prepare`` command.
-            ValueError: an unknown split, or one the prepared release lacks.
-        """
-        split = request.split
-        if split is not None and split not in SPLITS:
-            raise ValueError(f"unknown imigue split {split!r}; choose one of {', '.join(SPLITS)}")
-        if split is None:
-            manifest = read_json(find_prepared("imigue", request) / "manifest.json")
-            split = "challenge" if manifest["source"] == "challenge" else "xsub"
-        return build_bundle("imigue", request, split, SPLITS, DEFAULT_EPOCHS, _split_masks,
-                            modalities=self.modalities)
+    def plan(self, root: Path, request: DataRequest, *, strict: bool = False) -> PreparePlan:
+        return plan_imigue(root, request, strict=strict)
 
-    def prepare(self, request: DataRequest, *, workers: int = 1, strict: bool = False) -> dict[str, Any]:
-        """Convert the raw or challenge release at ``request.root`` (see :meth:`Dataset.prepare`).
+    def split_masks(self, arrays: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        return _split_masks(arrays)
 
-        Raises:
-            FileNotFoundError: the root lacks the expected layout (or, with
-                ``strict``, a sample's file is missing).
-            ValueError: with ``strict``, a malformed sample; always, when no
-                sample is usable or the label CSV lacks a column.
-        """
-        return prepare_from_root("imigue", request, plan_imigue, workers=workers, strict=strict,
-                                 release="raw or challenge release")
+    def default_split(self, request: DataRequest) -> str:
+        """``challenge`` for a cache prepared from the MiGA challenge arrays, else ``xsub``."""
+        manifest = read_json(find_prepared("imigue", request) / "manifest.json")
+        return "challenge" if manifest["source"] == "challenge" else "xsub"
 
     def example(self, directory: Path) -> DataRequest:
         """A prepared raw release of four clips from two 60-frame videos under ``directory`` (label CSV,

@@ -61,11 +61,10 @@ import numpy as np
 
 from ..registry import register_dataset
 from . import _ntu_format
-from ._cache_read import build_bundle
-from ._cache_write import prepare_from_root
+from ._cache_read import PreparedRelease
 from ._ntu_format import RGB_DIR, SKELETON_DIR
 from ._plan import Planner, PreparePlan, SampleError
-from .base import RGB, SKELETON, DataRequest, Dataset, DatasetBundle
+from .base import RGB, SKELETON, DataRequest
 
 logger = logging.getLogger("mmrobust.datasets")
 
@@ -100,36 +99,18 @@ _split_masks = functools.partial(_ntu_format.split_masks, train_subjects=XSUB_TR
 
 
 @register_dataset("ntu60")
-class NTU60(Dataset):
+class NTU60(PreparedRelease):
     """NTU RGB+D 60 from its raw release (RGB + skeleton) or PYSKL's pickle (skeleton only)."""
 
     modalities = (RGB, SKELETON)
 
-    def load(self, request: DataRequest) -> DatasetBundle:
-        """The prepared NTU RGB+D 60 cache for ``request.root``, cut by ``request.split``.
+    name, splits, default_epochs, release = "ntu60", SPLITS, DEFAULT_EPOCHS, "raw release"
 
-        Raises:
-            FileNotFoundError: nothing prepared for this root and these sizes; the
-                message gives the ``mmrobust prepare`` command.
-            ValueError: an unknown split.
-        """
-        split = request.split or "xsub"
-        if split not in SPLITS:
-            raise ValueError(f"unknown ntu60 split {split!r}; choose one of {', '.join(SPLITS)}")
-        return build_bundle("ntu60", request, split, SPLITS, DEFAULT_EPOCHS, _split_masks,
-                            modalities=self.modalities)
+    def plan(self, root: Path, request: DataRequest, *, strict: bool = False) -> PreparePlan:
+        return plan_ntu60(root, request, strict=strict)
 
-    def prepare(self, request: DataRequest, *, workers: int = 1, strict: bool = False) -> dict[str, Any]:
-        """Convert the raw release or PYSKL's pickle at ``request.root`` (see :meth:`Dataset.prepare`).
-
-        Raises:
-            FileNotFoundError: the root lacks the expected layout (or, with
-                ``strict``, a sample's file is missing).
-            ValueError: with ``strict``, a malformed sample; always, when no
-                sample is usable.
-        """
-        return prepare_from_root("ntu60", request, plan_ntu60, workers=workers, strict=strict,
-                                 release="raw release")
+    def split_masks(self, arrays: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        return _split_masks(arrays)
 
     def example(self, directory: Path) -> DataRequest:
         """A prepared release of four clips under ``directory``: two cross-subject training clips,
