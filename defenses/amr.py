@@ -59,7 +59,7 @@ from torch import nn
 from mmrobust.defense import Defense, TrainContext, TrainingAdversary
 from mmrobust.model import Batch, Mixer, MultimodalNet, stage_shapes
 from mmrobust.params import check_number
-from mmrobust.registry import register_defense
+from mmrobust.registry import register_command, register_defense
 
 MAX_AMRS = 3
 
@@ -230,6 +230,7 @@ class AttentionModalityReweighter(Defense):
         return amr_loss(clean.logits, adversarial.logits, adversarial.aux_logits, batch["label"], self.params.lam)
 
 
+@register_command("amr-weights", origin=f"{__name__}.weights_command")
 @click.command(name="amr-weights")
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False, exists=True),
               help="A finished run of a defense with AMRs (amr).")
@@ -238,8 +239,7 @@ class AttentionModalityReweighter(Defense):
 def weights_command(run_dir: str, out: str | None) -> None:
     """Mean AMR weight per modality for each AMR (paper Table 3), and a per-channel plot (Fig. 4).
 
-    Added to ``mmrobust`` by this defense through the ``mmrobust.commands``
-    entry-point group.
+    Added to ``mmrobust`` by this defense (``register_command``).
 
     \b
     Example:

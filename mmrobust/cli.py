@@ -6,6 +6,7 @@ files, bad values) end with a one-line message and exit status 1; no traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from mmrobust.config import RunConfig
-from mmrobust.registry import COMMANDS, REGISTRIES, RegistryLoadError, UnknownNameError
+from mmrobust.registry import COMMANDS, REGISTRIES, DuplicateNameError, RegistryLoadError, UnknownNameError
 
 if TYPE_CHECKING:
     from mmrobust.results import Record
@@ -55,7 +56,7 @@ class _Group(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         try:
             added = COMMANDS.names()
-        except RegistryLoadError as error:  # --help must work even when a contribution is broken
+        except (RegistryLoadError, DuplicateNameError) as error:  # --help works even when a contribution is broken
             logging.getLogger(__name__).warning("%s", error)
             added = []
         return sorted({*super().list_commands(ctx), *added})
@@ -239,7 +240,7 @@ def list_(kind: str | None) -> None:
         for entry in entries:
             click.echo(f"  {entry:<16} {registry.origin(entry)}")
             declared = getattr(registry.get(entry), "modalities", ())
-            if declared and not isinstance(declared, property):
+            if isinstance(declared, tuple) and declared and all(hasattr(m, "code") for m in declared):
                 click.echo(f"  {'':<16} modalities: " + ", ".join(f"{m.name} ({m.code}, {m.display})"
                                                                  for m in declared))
         for prefix in registry.families():
@@ -473,13 +474,17 @@ def reproduce(record_file: str, run_dir: str | None, tolerance: float, quiet: bo
 @click.option("--root", required=True, type=click.Path(exists=True),
               help="The release as its archives extract (NTU: holds nturgb+d_skeletons/ and nturgb+d_rgb/).")
 @click.option("--preset", default="tiny", show_default=True, help="Input sizes to prepare for (tiny or paper).")
+@click.option("--rgb-frames", default=None, type=click.IntRange(min=1), help="RGB frames per clip [default: the preset's].")
+@click.option("--rgb-size", default=None, type=click.IntRange(min=1), help="RGB frame side in pixels [default: the preset's].")
+@click.option("--skeleton-frames", default=None, type=click.IntRange(min=1),
+              help="Skeleton frames per clip [default: the preset's].")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False),
               help="Cache folder [default: $MMROBUST_CACHE or ~/.cache/mmrobust].")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Decoding processes.")
 @click.option("--strict", is_flag=True, help="Stop at the first unusable sample instead of skipping it.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def prepare_(dataset: str, root: str, preset: str, data_dir: str | None, workers: int, strict: bool,
-             quiet: bool) -> None:
+def prepare_(dataset: str, root: str, preset: str, rgb_frames: int | None, rgb_size: int | None,
+             skeleton_frames: int | None, data_dir: str | None, workers: int, strict: bool, quiet: bool) -> None:
     """Turn a dataset's raw release into the compact cache that runs read.
 
     Resumable: a killed prepare continues where it stopped when run again with
@@ -495,6 +500,10 @@ def prepare_(dataset: str, root: str, preset: str, data_dir: str | None, workers
     from mmrobust.presets import get_preset
 
     request = get_preset(preset).data_request(cache_dir=data_dir, progress=not quiet)
+    sizes = {k: v for k, v in (("rgb_frames", rgb_frames), ("rgb_size", rgb_size),
+                               ("skeleton_frames", skeleton_frames)) if v is not None}
+    if sizes:  # sizes of no preset: the cache is named by them alone
+        request = dataclasses.replace(request, preset=None, **sizes)
     try:
         manifest = prepare(dataset, root, request, workers=workers, strict=strict)
     except KeyboardInterrupt:

@@ -68,7 +68,8 @@ class Defense:
 
     Params: ClassVar[type] = NoParams
     requires: ClassVar[tuple[str, ...]] = ()  # modalities the defense cannot do without
-    reference: ClassVar[bool] = False  # the undefended model RI is measured against (one registered defense)
+    # The undefended model RI is measured against: set on exactly one registered class (not inherited).
+    reference: ClassVar[bool] = False
 
     def __init__(self, params: Any = None, name: str = "") -> None:
         self.params = params if params is not None else self.Params()
@@ -125,14 +126,15 @@ def defend(defense: Defense, model: nn.Module) -> nn.Module:
 
 
 def reference_defense() -> str:
-    """The name of the registered defense with ``reference = True`` (RI's reference, AMR paper Eq. 14).
+    """The name of the registered defense whose class sets ``reference = True`` itself (a subclass of it
+    does not inherit the mark): RI's reference, AMR paper Eq. 14.
 
     Raises:
-        LookupError: none or several are so marked.
+        ValueError: none or several are so marked.
     """
-    marked = [name for name, factory in DEFENSES.items() if getattr(factory, "reference", False)]
+    marked = [name for name, factory in DEFENSES.items() if vars(factory).get("reference") is True]
     if len(marked) != 1:
-        raise LookupError(f"exactly one registered defense must set reference = True; found {marked or 'none'}")
+        raise ValueError(f"exactly one registered defense must set reference = True; found {marked or 'none'}")
     return marked[0]
 
 
@@ -236,7 +238,7 @@ def combine(*names: str) -> type[Defense]:
         @classmethod
         def params_type(cls) -> type:
             if cls._params is None:
-                cls._params = _union_params(names)
+                cls._params = cls.Params = _union_params(names)
             return cls._params
 
         def __init__(self, params: Any = None, name: str = "") -> None:

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from mmrobust.defense import reference_defense
 from mmrobust.files import write_text
 from mmrobust.metrics import WORST, relative_improvement
 from mmrobust.results import Record, RecordError, find_reference, is_run_record
@@ -169,13 +170,14 @@ def _value(entry: Mapping[str, Any] | None, key: str) -> float:
 
 
 def target_codes(records: Iterable[Record]) -> list[str]:
-    """The attack targets the records' metrics hold (``R``, ``S``, ``RS``, ...): one modality first, in the
-    order met, then the combinations."""
-    seen: dict[str, None] = {}
+    """The attack targets the records' metrics hold (``R``, ``S``, ``RS``, ...): single modalities in the
+    order of the longest code (all modalities at once), then the combinations, shortest first."""
+    seen: set[str] = set()
     for record in records:
         for entry in (record.metrics.get("attacks") or {}).values():
-            seen.update((key, None) for key in entry if key not in ("avg", "ri", "ci"))
-    return sorted(seen, key=lambda code: (len(code) > 1, list(seen).index(code)))
+            seen.update(key for key in entry if key not in ("avg", "ri", "ci"))
+    joint = max(sorted(seen), key=len, default="")
+    return sorted(seen, key=lambda code: (len(code), joint.find(code) if len(code) == 1 else 0, code))
 
 
 def columns(codes: Iterable[str]) -> tuple[list[str], list[str]]:
@@ -234,9 +236,9 @@ def build_table(records: Iterable[Record], dataset: str, protocol: str = "standa
     """The leaderboard of ``dataset`` under ``protocol``, for one attack.
 
     Only records of exactly that dataset and protocol name are used. RI is
-    recomputed against the ``none`` record of the same preset, split and
-    modalities, data and training seed (:func:`~mmrobust.results.find_reference`;
-    empty when there is none). Rows are sorted by Avg, then ✓RS,
+    recomputed against the reference defense's record (``none``) of the same
+    preset, split and modalities, data and training seed (:func:`~mmrobust.results.find_reference`;
+    empty when there is none). Rows are sorted by Avg, then clean accuracy,
     both descending; the paper's reported rows (NTU RGB+D and iMiGUE,
     standard-v1, PGD20 only) follow in the paper's order. Where several
     records describe the same model, the newest is kept.
@@ -255,7 +257,7 @@ def build_table(records: Iterable[Record], dataset: str, protocol: str = "standa
                          "under the same protocol name")
     reported = _reported_rows(dataset) if protocol == REPORTED_PROTOCOL and attack == REPORTED_ATTACK else []
     codes = target_codes(chosen) or (list(REPORTED_TARGETS) if reported else [])
-    if reported and codes != list(REPORTED_TARGETS):
+    if reported and set(codes) != set(REPORTED_TARGETS):
         reported = []  # the paper's rows have R, S and RS only
     rows = [_measured_row(r, attack, find_reference(r, chosen), common_settings, codes) for r in chosen]
     rows.sort(key=_rank)
@@ -272,7 +274,7 @@ def _caption(table: pd.DataFrame) -> str:
     attrs = table.attrs
     return (f"{attrs.get('dataset', '?')}, protocol {attrs.get('protocol', '?')}: accuracy (%) under "
             f"{attrs.get('attack', '?')}; Worst Avg is the Avg of the worst case over all attacks; "
-            "RI against `none` of the same preset, split, modalities, data and training seed.")
+            f"RI against `{reference_defense()}` of the same preset, split, modalities, data and training seed.")
 
 
 def _md_cell(value: Any) -> str:

@@ -92,9 +92,11 @@ class MultimodalNet(nn.Module):
         return tuple(self.branches.keys())
 
     def twin(self, filters: Mapping[str, nn.Module]) -> MultimodalNet:
-        """A model sharing every branch, mixer, head and buffer with this one, with other embedding filters.
+        """A model with this one's branches, mixers, fusion head and dropout (the very modules, not
+        copies) and the embedding ``filters`` given: the same forward except for the filters.
 
-        Nothing is copied: training one trains the other, except for the filters.
+        Other attributes a defense added (modules only its loss uses, such as
+        MinSim's projections) are not carried over; the forward never reads them.
         """
         twin = MultimodalNet.__new__(type(self))
         nn.Module.__init__(twin)
@@ -102,7 +104,7 @@ class MultimodalNet(nn.Module):
         twin.filters = nn.ModuleDict(filters)
         twin.num_classes = self.num_classes
         twin._input_shapes = dict(self._input_shapes)
-        twin.train(self.training)
+        twin.training = self.training  # its own flag only: the shared modules keep theirs
         return twin
 
     def add_mixer(self, mixer: Mixer) -> None:

@@ -97,8 +97,8 @@ def coerce(key: str, value: Any, hint: Any, owner: str) -> Any:
     """``value`` checked against the annotation ``hint``; an int becomes a float where a float is wanted.
 
     Understands ``bool``, ``int``, ``float``, ``str``, ``X | None``,
-    ``tuple[str, ...]`` and ``dict``; other annotations are left to the
-    dataclass's own checks.
+    ``tuple[X, ...]`` of those and ``dict``; other annotations are left to
+    the dataclass's own checks.
     """
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -110,8 +110,14 @@ def coerce(key: str, value: Any, hint: Any, owner: str) -> Any:
         hint = others[0]
         origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is tuple:
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise ValueError(f"{owner}: {key} must be a list of strings, got {value!r}")
+        element = args[0] if len(args) == 2 and args[1] is Ellipsis else None
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{owner}: {key} must be a list, got {value!r}")
+        if element in (bool, int, float, str):
+            try:
+                return tuple(coerce(key, v, element, owner) for v in value)
+            except ValueError:
+                raise ValueError(f"{owner}: {key} must be a list of {element.__name__} values, got {value!r}") from None
         return tuple(value)
     if origin is dict or hint is dict:
         if not isinstance(value, dict):

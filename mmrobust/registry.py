@@ -67,14 +67,14 @@ class Registry(Generic[T]):
     Args:
         kind: what the entries are, used in messages ("defense").
         group: the entry-point group third-party packages use.
-        package: the package whose modules hold the built-in entries; every
-            module in it is imported on first lookup.
+        package: the package (or packages) whose modules hold the built-in
+            entries; every module in it is imported on first lookup.
     """
 
-    def __init__(self, kind: str, group: str, package: str | None = None) -> None:
+    def __init__(self, kind: str, group: str, package: str | tuple[str, ...] | None = None) -> None:
         self.kind = kind
         self.group = group
-        self.package = package
+        self.packages = (package,) if isinstance(package, str) else tuple(package or ())
         self._entries: dict[str, T] = {}
         self._origins: dict[str, str] = {}
         self._families: dict[str, Callable[[str], T]] = {}
@@ -165,8 +165,12 @@ class Registry(Generic[T]):
         return sorted(self._entries.items())
 
     def origin(self, name: str) -> str:
+        """Where ``name`` was registered (module and class, or entry point)."""
         self.get(name)
-        return self._origins[name]
+        if name in self._origins:
+            return self._origins[name]
+        prefix = next(p for p in self._families if name.startswith(p))
+        return f"family {prefix}<name> ({_origin(self._families[prefix])})"
 
     def _unknown_message(self, name: str) -> str:
         close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)
@@ -175,7 +179,8 @@ class Registry(Generic[T]):
             if close
             else f"; registered: {', '.join(sorted(self._entries)) or 'none'}"
         )
-        return f"unknown {self.kind} {name!r}{hint}"
+        families = "".join(f" (or {prefix}<name>)" for prefix in sorted(self._families))
+        return f"unknown {self.kind} {name!r}{hint}{families}"
 
     # -- discovery --------------------------------------------------------
     def _load(self) -> None:
@@ -183,11 +188,11 @@ class Registry(Generic[T]):
             return  # while loading, modules being imported may look entries up
         self._loading = True
         try:
-            if self.package:
-                package = importlib.import_module(self.package)
+            for name in self.packages:
+                package = importlib.import_module(name)
                 for info in pkgutil.iter_modules(package.__path__):
                     if not info.name.startswith("_"):
-                        importlib.import_module(f"{self.package}.{info.name}")
+                        importlib.import_module(f"{name}.{info.name}")
             for entry_point in importlib.metadata.entry_points(group=self.group):
                 self._load_entry_point(entry_point)
         except (RegistryLoadError, DuplicateNameError):
@@ -229,8 +234,10 @@ BACKBONES: Registry[Callable[..., Any]] = Registry("backbone", "mmrobust.backbon
 DEFENSES: Registry[Callable[..., Any]] = Registry("defense", "mmrobust.defenses", "mmrobust.defenses")
 ATTACKS: Registry[Callable[..., Any]] = Registry("attack", "mmrobust.attacks", "mmrobust.attacks")
 
-# Extra ``mmrobust`` subcommands (click commands) that contributions add through the entry-point group.
-COMMANDS: Registry[Any] = Registry("command", "mmrobust.commands")
+# Extra ``mmrobust`` subcommands (click commands) that contributions add: with ``@register_command`` in a
+# built-in contribution's module, or through the entry-point group from another package.
+COMMANDS: Registry[Any] = Registry("command", "mmrobust.commands",
+                                   ("mmrobust.defenses", "mmrobust.attacks", "mmrobust.datasets"))
 
 REGISTRIES = {"dataset": DATASETS, "backbone": BACKBONES, "defense": DEFENSES, "attack": ATTACKS}
 
@@ -238,3 +245,4 @@ register_dataset = DATASETS.register
 register_backbone = BACKBONES.register
 register_defense = DEFENSES.register
 register_attack = ATTACKS.register
+register_command = COMMANDS.register

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from mmrobust.config import RunConfig
-from mmrobust.datasets.base import DatasetBundle
+from mmrobust.datasets.base import Dataset, DatasetBundle
 from mmrobust import runtime
 from mmrobust.defense import Defense, TrainContext, build_defense, defend, reference_defense
 from mmrobust.files import write_json
@@ -63,7 +63,11 @@ def load_data(config: RunConfig, progress: bool = True) -> DatasetBundle:
     preset = get_preset(config.preset)
     request = preset.data_request(split=config.split, root=config.root, cache_dir=config.data_dir,
                                   seed=config.data_seed, progress=progress)
-    return DATASETS.get(config.dataset)().load(request)
+    factory = DATASETS.get(config.dataset)
+    if not (isinstance(factory, type) and issubclass(factory, Dataset)):
+        raise ValueError(f"dataset {config.dataset!r} ({DATASETS.origin(config.dataset)}) is not a subclass of "
+                         "mmrobust.datasets.base.Dataset; see CONTRIBUTING.md for the dataset contract")
+    return factory().load(request)
 
 
 def prepare(config: RunConfig, progress: bool = True) -> Experiment:
@@ -152,7 +156,8 @@ def evaluate_experiment(exp: Experiment, run_dir: Path, protocol: Protocol, *, t
         config=config.to_dict(), metrics=metrics,
         flags={"surrogate_used": evaluation.surrogate_used,
                "sanity": {**evaluation.audit,
-                          **ordering_checks(protocol, metrics, evaluation.targets, len(evaluation.labels))}},
+                          **ordering_checks(protocol, metrics, evaluation.targets, len(evaluation.labels),
+                                            exp.data.codes)}},
         evaluation={"outcomes": outcomes, "model_digest": store.key["model"], "batch_size": config.eval_batch_size,
                     "disagreements": evaluation.disagreements, **evaluation.cost},
         data={"fingerprint": exp.data.fingerprint, "train_size": len(exp.data.train),

@@ -49,8 +49,8 @@ def test_code_still_computes_the_committed_numbers():
         made = "; ".join(f"{e['environment'].get('cpu_model')} ({e['environment'].get('kernels')}, "
                          f"{e['environment'].get('threads')} thread)" for e in committed["environments"])
         pytest.skip(f"no committed canary for this environment ({current['environment'].get('cpu_model')}): the "
-                    f"bits depend on the CPU model; the file has {made}. At the commit of the records, add one "
-                    f"with `{ADD}`")
+                    f"bits depend on the CPU model; the file has {made}. Add one with `{ADD}` at a commit whose "
+                    "canaries the records' own environment confirms")
     changed = canary.stale(mine, current)
     assert not changed, ("the code no longer computes the committed numbers (" + "; ".join(changed) + "); "
                          + REGENERATE)

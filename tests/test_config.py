@@ -165,3 +165,23 @@ def test_from_toml_missing_file_names_it(tmp_path):
     with pytest.raises(FileNotFoundError) as error:
         RunConfig.from_toml(path)
     assert str(path) in str(error.value)
+
+
+def test_the_parameter_builder_checks_tuple_elements_by_their_annotation():
+    from dataclasses import dataclass
+
+    from mmrobust.params import build_params
+
+    @dataclass(frozen=True)
+    class Params:
+        radii: tuple[float, ...] = ()
+        names: tuple[str, ...] = ()
+
+    assert build_params(Params, {"radii": [1, 0.5], "names": ["a"]}, owner="x") == Params((1.0, 0.5), ("a",))
+    assert isinstance(build_params(Params, {"radii": [1]}, owner="x").radii[0], float)
+    with pytest.raises(ValueError, match=r"^x: radii must be a list of float values, got \[1, 'a'\]"):
+        build_params(Params, {"radii": [1, "a"]}, owner="x")
+    with pytest.raises(ValueError, match=r"^x: names must be a list, got 'a'"):
+        build_params(Params, {"names": "a"}, owner="x")
+    with pytest.raises(ValueError, match=r"^x: unknown parameter 'radius'; did you mean 'radii'\?"):
+        build_params(Params, {"radius": [1]}, owner="x")

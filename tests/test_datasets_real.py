@@ -447,6 +447,27 @@ def test_load_before_prepare_names_the_command(tmp_path):
         prepare("synthetic", root)
 
 
+def test_the_named_prepare_command_runs_and_makes_what_load_wanted(tmp_path):
+    import shlex
+
+    from click.testing import CliRunner
+
+    from mmrobust.cli import cli
+
+    root = tmp_path / "ntu"
+    for seed, name in enumerate(ntu_module.EXAMPLE_SAMPLES):
+        write_example_sample(root, name, people=1, seed=seed)
+    request = ntu_request(tmp_path, root)  # sizes of no preset
+    with pytest.raises(FileNotFoundError) as caught:
+        DATASETS.get("ntu60")().load(request)
+    command = str(caught.value).split("run: ", 1)[1].split(";")[0].strip()
+    words = shlex.split(command)
+    assert words[:2] == ["mmrobust", "prepare"] and "--rgb-frames" in words
+    result = CliRunner().invoke(cli, [*words[1:], "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert len(DATASETS.get("ntu60")().load(request).train) > 0
+
+
 def test_prepare_twice_reuses_the_cache(tmp_path, monkeypatch):
     root = make_ntu_tree(tmp_path / "ntu", NTU_GOOD[:2])
     request = ntu_request(tmp_path, root)

@@ -147,8 +147,11 @@ def test_exactly_one_defense_is_the_reference_and_it_is_undefended():
     assert type(defense).build is Defense.build and type(defense).loss is Defense.loss
     with DEFENSES.scoped():
         DEFENSES.register("second-reference")(type("SecondReference", (Defense,), {"reference": True}))
-        with pytest.raises(LookupError, match="exactly one"):
+        with pytest.raises(ValueError, match="exactly one"):
             reference_defense()
+    with DEFENSES.scoped():  # a subclass of the reference is not a second reference
+        DEFENSES.register("my-none")(type("MyNone", (DEFENSES.get(name),), {}))
+        assert reference_defense() == name
 
 
 def test_a_combination_has_both_parameters_one_loss_and_refuses_clashes():

@@ -219,3 +219,26 @@ def test_records_folder_and_single_files(tmp_path):
         assert len(load_records([records_dir, run, tmp_path])) == 3  # each file once
     with pytest.raises(FileNotFoundError, match="missing"):
         load_records([tmp_path / "missing"])
+
+
+def test_columns_follow_the_target_codes_whatever_record_comes_first(tmp_path):
+    skeleton_only = make_record("none", 70.0, (30.0,), dataset="ntu60", preset="paper", split="xsub",
+                                modalities=("skeleton",))
+    skeleton_only["metrics"]["attacks"] = {k: {"S": v["R"], "avg": v["avg"]}
+                                           for k, v in skeleton_only["metrics"]["attacks"].items()}
+    save(tmp_path, "a-none-skeleton", skeleton_only)  # read first
+    save(tmp_path, "b-none", make_record("none", 80.0, (10.0, 20.0, 5.0), dataset="ntu60", preset="paper",
+                                         split="xsub"))
+    table = build_table(load_records([tmp_path]), "ntu60")
+    assert list(table.columns[4:9]) == ["✓RS", "✗R", "✗S", "✗RS", "Avg"]
+    assert (table["source"] == "reported").sum() == len(REPORTED_PGD20["ntu60"])  # the paper's rows stay
+
+
+def test_a_third_modality_gets_its_columns(tmp_path):
+    record = make_record("none", 80.0, (10.0, 20.0, 5.0))
+    record["metrics"]["attacks"] = {k: {"R": 10.0, "S": 20.0, "D": 30.0, "RSD": 5.0, "avg": 16.25}
+                                    for k in record["metrics"]["attacks"]}
+    save(tmp_path, "none", record)
+    table = build_table(load_records([tmp_path]), "synthetic")
+    assert list(table.columns[4:10]) == ["✓RSD", "✗R", "✗S", "✗D", "✗RSD", "Avg"]
+    assert table.loc[0, "✗D"] == 30.0

@@ -139,3 +139,13 @@ def test_ordering_flags_are_named_by_the_protocols_attacks_and_the_modality_code
     targets = target_sets(("rgb", "depth"), {"depth": "D"})
     values = {"attacks": {"weak": {"R": 50, "D": 60, "RD": 40}, "strong": {"R": 60, "D": 30, "RD": 20}}}
     assert ordering_checks(protocol, values, targets, n=100) == {"cw-inf_le_fgsm": False, "rd_le_min": True}
+
+
+def test_a_run_of_fewer_modalities_than_its_dataset_has_no_joint_target_to_compare():
+    one = {"attacks": {"fgsm": {"R": 50}, "pgd20": {"R": 30}}}
+    codes = {"rgb": "R", "skeleton": "S"}
+    assert ordering_checks(STANDARD_V1, one, target_sets(("rgb",)), 100, codes) == {
+        "pgd_le_fgsm": True, "rs_le_min": True}
+    reordered = target_sets(("skeleton", "rgb"), codes)  # --modalities skeleton,rgb: the joint target is "SR"
+    values = {"attacks": {"fgsm": {"S": 50, "R": 60, "SR": 70}, "pgd20": {"S": 30, "R": 40, "SR": 20}}}
+    assert ordering_checks(STANDARD_V1, values, reordered, 100, codes) == {"pgd_le_fgsm": True, "rs_le_min": False}
