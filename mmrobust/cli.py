@@ -474,8 +474,10 @@ def reproduce(record_file: str, run_dir: str | None, tolerance: float, quiet: bo
 @click.option("--root", required=True, type=click.Path(exists=True),
               help="The release as its archives extract (NTU: holds nturgb+d_skeletons/ and nturgb+d_rgb/).")
 @click.option("--preset", default="tiny", show_default=True, help="Input sizes to prepare for (tiny or paper).")
-@click.option("--rgb-frames", default=None, type=click.IntRange(min=1), help="RGB frames per clip [default: the preset's].")
-@click.option("--rgb-size", default=None, type=click.IntRange(min=1), help="RGB frame side in pixels [default: the preset's].")
+@click.option("--rgb-frames", default=None, type=click.IntRange(min=1),
+              help="RGB frames per clip [default: the preset's].")
+@click.option("--rgb-size", default=None, type=click.IntRange(min=1),
+              help="RGB frame side in pixels [default: the preset's].")
 @click.option("--skeleton-frames", default=None, type=click.IntRange(min=1),
               help="Skeleton frames per clip [default: the preset's].")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False),

@@ -6,7 +6,8 @@ moves by its own step along the sign of its gradient before being projected
 back (Eq. 7 of the AMR paper, the multimodal form of PGD; Madry et al., ICLR
 2018)::
 
-    x'_{m,t+1} = Π_{B_εm(x_m) ∩ [0,1]} ( x'_{m,t} + α_m · sign ∇_{x'_m} loss(f(x'_t), y) ),  α_m = rel_step · ε_m
+    x'_{m,t+1} = Π_{B_εm(x_m) ∩ [0,1]} ( x'_{m,t} + α_m · sign ∇_{x'_m} loss(f(x'_t), y) ),
+    α_m = rel_step · ε_m
 
 An attack built on it is a subclass of :class:`SignGradientAttack` that sets
 its ``Params`` (a :class:`Schedule`) and its ``loss``; see ``attacks/pgd.py``.

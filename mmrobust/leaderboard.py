@@ -6,9 +6,11 @@
 
 Columns follow the AMR paper's tables (✓RS, ✗R, ✗S, ✗RS, Avg, RI) for one
 attack, with one ✗ column per attack target the records hold (named by the
-modality codes their dataset declares, so a third modality gets its columns), then the Avg of the worst case over all attacks and any flags. Records
-of another protocol name are never ranked together. For NTU RGB+D and iMiGUE
-the paper's own PGD20 numbers are appended as rows marked ``reported``.
+modality codes their dataset declares, so a third modality gets its
+columns), then the Avg of the worst case over all attacks and any flags.
+Records of another protocol name are never ranked together. For NTU RGB+D
+and iMiGUE the paper's own PGD20 numbers are appended as rows marked
+``reported``.
 """
 
 from __future__ import annotations

@@ -149,7 +149,8 @@ class MultimodalNet(nn.Module):
 
 
 class StraightThrough(nn.Module):
-    """BPDA (Athalye, Carlini & Wagner, ICML 2018): the wrapped module's output forward, the identity's gradient backward."""
+    """BPDA (Athalye, Carlini & Wagner, ICML 2018): the wrapped module's output forward, the identity's
+    gradient backward."""
 
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()

@@ -171,7 +171,8 @@ def evaluate_experiment(exp: Experiment, run_dir: Path, protocol: Protocol, *, t
 
 
 def attach_reference(record: Record, run_dir: Path) -> Record:
-    """Fill RI from the reference defense's record (``none``) of the same setting and training seed (:func:`find_reference`).
+    """Fill RI from the reference defense's record (``none``) of the same setting and training seed
+    (:func:`find_reference`).
 
     Looked for among the sibling run directories (``runs/<dataset>/*``); RI
     stays null, with a note, if there is none (``mmrobust leaderboard``

@@ -9,10 +9,12 @@ in motion in depth (the 3-D skeleton sees it, the orthographic video does not).
 Calibration: as on both real datasets of the AMR paper (Fig. 2, Table 1), the
 undefended fused model is more robust with its skeleton attacked than with its
 video attacked, under FGSM and under PGD-20 (standard-v1 settings). Eight
-epochs from scratch leave the balance between the streams partly to chance:
-PGD-20 shows the ordering on every seed, FGSM on most (3 of seeds 0–3 at one
-thread; ``benchmarks/calibration.py``), so FGSM is checked on the mean of
-training seeds 0 and 1 and PGD-20 on each.
+epochs from scratch leave the balance between the streams partly to chance,
+and which seeds show it depends on the CPU model: PGD-20 shows the ordering on
+every seed, FGSM on most (``benchmarks/calibration.py`` at one thread: 3 of
+seeds 0–3 on an Intel Xeon, 2 of 0–3 and 4 of 0–5 on an AMD EPYC, where
+seeds 0 and 1 are the two exceptions). So PGD-20 is checked on each of
+training seeds 0–3 and FGSM on their mean.
 """
 
 from __future__ import annotations
@@ -27,13 +29,15 @@ from mmrobust.run import prepare
 from mmrobust.training import predict, train
 
 pytestmark = pytest.mark.slow
+SEEDS = (0, 1, 2, 3)  # training seeds of the fused model in the calibration check
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict[str, tuple]:
     """Model and data per modality set (and a second seed of the fused model), trained once for the module."""
     results = {}
-    for modalities, seed in ((("rgb", "skeleton"), 0), (("rgb",), 0), (("skeleton",), 0), (("rgb", "skeleton"), 1)):
+    runs = [(("rgb", "skeleton"), 0), (("rgb",), 0), (("skeleton",), 0)] + [(("rgb", "skeleton"), s) for s in SEEDS[1:]]
+    for modalities, seed in runs:
         exp = prepare(RunConfig(modalities=modalities, seed=seed), progress=False)
         run_dir = tmp_path_factory.mktemp("_".join(modalities))
         train(exp.model, exp.defense, exp.data.train, exp.config, exp.config.epochs, run_dir,
@@ -65,7 +69,7 @@ def test_each_modality_alone_is_at_least_10_points_below_fusion(accuracies, sing
 def test_undefended_skeleton_stream_is_more_robust_than_rgb(trained):
     protocol = get_protocol("standard-v1", attacks=("fgsm", "pgd20"))
     robust = []
-    for name in ("rgb+skeleton", "rgb+skeleton@1"):
+    for name in ["rgb+skeleton"] + [f"rgb+skeleton@{seed}" for seed in SEEDS[1:]]:
         model, test, device = trained[name]
         evaluation = evaluate(model, test, protocol, modalities=("rgb", "skeleton"), device=device)
         robust.append({attack: {target: 100.0 * float(np.mean(outcome)) for target, outcome in cells.items()}
