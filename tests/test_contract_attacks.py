@@ -17,28 +17,10 @@ import torch
 
 from mmrobust.attack import AttackResult, RandomStarts, build_attack, take
 from mmrobust.registry import ATTACKS
-from test_attacks import CLASSES, EPS, SHAPES, TARGET_SETS, TinyNet, assert_within_budget, make_batch, predict, train
+from test_attacks import CLASSES, EPS, TARGET_SETS, assert_within_budget, predict
+from test_attacks import batch, model, one_thread  # noqa: F401  (fixtures: the tiny three-modality model and data)
 
 NAMES = ATTACKS.names()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def model() -> TinyNet:
-    torch.manual_seed(0)
-    return train(TinyNet(SHAPES, output=True), SHAPES)
-
-
-@pytest.fixture(scope="module")
-def batch() -> dict:
-    return make_batch(48, seed=2)
 
 
 def example(name: str):
