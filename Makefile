@@ -5,7 +5,8 @@
 #
 # torch is pinned to the CPU build this machine provides (any other spec pulls
 # CUDA wheels); torchattacks goes in with --no-deps because it declares
-# torchvision and an old requests that it never imports.
+# torchvision and an old requests that it never imports. pyautoattack is the
+# reference APGD of the parity tests (its APGD module imports torch only).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -21,6 +22,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet --no-deps torchattacks==3.5.1
+	$(BIN)/python -m pip install --quiet --no-deps pyautoattack==0.2.0
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 
