@@ -17,14 +17,7 @@ import pyautoattack.autopgd_base as pyautoattack  # `make setup` installs it (py
 from mmrobust.attack import RandomStarts, build_attack
 from mmrobust.registry import ATTACKS
 from test_attacks import SHAPES, TinyNet, make_batch, train
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from test_attacks import one_thread  # noqa: F401  (fixture: one thread for the module)
 
 
 def test_checkpoints_follow_the_published_schedule():
