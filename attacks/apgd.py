@@ -260,9 +260,9 @@ class APGD(Attack):
                            start, self.params)
                 examples, hit = run.run()
                 gradient_passes += run.gradient_passes
-                last = restart == runs - 1
-                for m in targets:  # fooled samples keep their example; the last run's examples stand for the rest
-                    chosen = hit | torch.tensor(last, device=hit.device)
+                # Fooled samples keep their example; the last run's examples stand for the rest.
+                chosen = torch.ones_like(hit) if restart == runs - 1 else hit
+                for m in targets:
                     adversarial[m][index[chosen]] = examples[m][chosen]
                 fooled[index[hit]] = True
         return AttackResult({**batch, **adversarial}, fooled, gradient_passes, forward_passes)

@@ -45,7 +45,7 @@ def _parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 class _Group(click.Group):
     """Turns user errors raised by the library into one-line messages, and adds the commands that
-    contributions declare in the ``mmrobust.commands`` entry-point group."""
+    contributions register (:data:`mmrobust.registry.COMMANDS`)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

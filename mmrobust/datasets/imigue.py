@@ -54,11 +54,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from ..registry import register_dataset
 from . import _imigue_format
@@ -89,12 +86,10 @@ class IMiGUE(PreparedRelease):
     modalities = (RGB, SKELETON)
 
     name, splits, default_epochs, release = "imigue", SPLITS, DEFAULT_EPOCHS, "raw or challenge release"
+    split_masks = _split_masks  # a partial, so not bound as a method
 
     def plan(self, root: Path, request: DataRequest, *, strict: bool = False) -> PreparePlan:
         return plan_imigue(root, request, strict=strict)
-
-    def split_masks(self, arrays: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
-        return _split_masks(arrays)
 
     def default_split(self, request: DataRequest) -> str:
         """``challenge`` for a cache prepared from the MiGA challenge arrays, else ``xsub``."""

@@ -105,12 +105,10 @@ class NTU60(PreparedRelease):
     modalities = (RGB, SKELETON)
 
     name, splits, default_epochs, release = "ntu60", SPLITS, DEFAULT_EPOCHS, "raw release"
+    split_masks = _split_masks  # a partial, so not bound as a method
 
     def plan(self, root: Path, request: DataRequest, *, strict: bool = False) -> PreparePlan:
         return plan_ntu60(root, request, strict=strict)
-
-    def split_masks(self, arrays: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
-        return _split_masks(arrays)
 
     def example(self, directory: Path) -> DataRequest:
         """A prepared release of four clips under ``directory``: two cross-subject training clips,
