@@ -61,6 +61,7 @@ from torch import nn
 
 from mmrobust.attack import (Attack, AttackResult, Eps, RandomStarts, check_starts, clean_fooled, labels_of,
                              resolve_eps, resolve_targets, take)
+from mmrobust.engine import input_gradients
 from mmrobust.model import Batch, logits_of
 from mmrobust.params import check_number
 from mmrobust.registry import register_attack
@@ -130,7 +131,7 @@ class _Run:
             logits = logits_of(self.model({**part, **leaves}))
             target = None if self.target is None else self.target[index]
             values = self.loss(logits, part["label"], target)
-            grads = torch.autograd.grad(values.sum(), [leaves[m] for m in self.targets])
+            grads = input_gradients(values.sum(), [leaves[m] for m in self.targets])
         self.gradient_passes += len(index)
         return values.detach(), dict(zip(self.targets, grads)), logits.detach().argmax(1) != part["label"]
 
@@ -138,14 +139,21 @@ class _Run:
         clean = self.sub[m][index]
         return torch.min(torch.max(value, clean - self.radius[m]), clean + self.radius[m]).clamp(0, 1)
 
-    def run(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """The examples (first misclassified iterate, else the highest-loss one) and which samples were fooled."""
+    def run(self) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The examples (first misclassified iterate, else the highest-loss one), which samples were fooled,
+        which had no usable gradient at the start, and which never raised their loss above the start's."""
         size = len(self.sub["label"])
         result = {m: self.x[m].clone() for m in self.targets}
         fooled = torch.zeros(size, dtype=torch.bool, device=self.sub["label"].device)
         active = torch.arange(size, device=fooled.device)
         x = self.x
         loss, grad, hit = self.value(active, x)
+        no_gradient = torch.zeros_like(fooled)
+        for m in self.targets:
+            g = grad[m].flatten(1)
+            no_gradient |= ~torch.isfinite(g).all(dim=1) | (g.abs().sum(dim=1) == 0)
+        no_gradient &= ~hit  # a start already misclassified needs no gradient
+        start_loss = loss.clone()
         if bool(hit.any()):
             fooled[active[hit]] = True
         keep = ~hit
@@ -202,7 +210,9 @@ class _Run:
                 best_x, best_grad = _rows(best_x, keep), _rows(best_grad, keep)
         for m in self.targets:  # samples never fooled: their highest-loss iterate
             result[m][active] = best_x[m]
-        return result, fooled
+        flat_loss = torch.zeros_like(fooled)
+        flat_loss[active] = ~_above(best_loss, start_loss[active])
+        return result, fooled, no_gradient, flat_loss
 
 
 def _above(loss: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -240,12 +250,11 @@ class APGD(Attack):
         runs = self.params.restarts
         if self.targeted:
             classes = clean_logits.shape[1]
-            if classes < 4:
-                raise ValueError(f"attack {self.name or 'apgd-t'!r} needs at least 4 classes (its DLR loss uses the "
-                                 f"4th highest logit); the model has {classes}")
+            self.check_classes(classes)
             runs = min(runs, classes - 1)
             ranked = clean_logits.detach().argsort(dim=1, descending=True)
         adversarial = {m: batch[m].clone() for m in targets}
+        no_gradient, flat_loss = torch.zeros_like(fooled), torch.zeros_like(fooled)
         width = size if max_batch is None else max(1, min(max_batch, size))
         gradient_passes = 0
         one_sample = {m: batch[m][0] for m in targets} if size else {}
@@ -258,14 +267,17 @@ class APGD(Attack):
                 target = ranked[index, restart + 1] if self.targeted else None
                 run = _Run(model, sub, targets, radius, targeted_dlr if self.targeted else cross_entropy, target,
                            start, self.params)
-                examples, hit = run.run()
+                examples, hit, blind, flat = run.run()
                 gradient_passes += run.gradient_passes
+                if restart == 0:
+                    no_gradient[index], flat_loss[index] = blind, flat
                 # Fooled samples keep their example; the last run's examples stand for the rest.
                 chosen = torch.ones_like(hit) if restart == runs - 1 else hit
                 for m in targets:
                     adversarial[m][index[chosen]] = examples[m][chosen]
                 fooled[index[hit]] = True
-        return AttackResult({**batch, **adversarial}, fooled, gradient_passes, forward_passes)
+        return AttackResult({**batch, **adversarial}, fooled, gradient_passes, forward_passes,
+                            no_gradient=no_gradient, flat_loss=flat_loss & ~fooled)
 
     @staticmethod
     def _start(starts: RandomStarts, index: torch.Tensor, restart: int, like: dict[str, torch.Tensor],
@@ -292,3 +304,8 @@ class APGDT(APGD):
     Params = TargetedParams
     example = {"steps": 10, "restarts": 3}
     targeted = True
+
+    def check_classes(self, classes: int) -> None:
+        if classes < 4:
+            raise ValueError(f"attack {self.name or 'apgd-t'!r} needs at least 4 classes (its DLR loss uses the "
+                             f"4th highest logit); the model has {classes}")

@@ -229,6 +229,23 @@ class AttentionModalityReweighter(Defense):
         adversarial = model(attacked)
         return amr_loss(clean.logits, adversarial.logits, adversarial.aux_logits, batch["label"], self.params.lam)
 
+    def adaptive(self, model: nn.Module) -> dict[str, nn.Module]:
+        """Each AMR's auxiliary head as a view (``aux1`` … ``auxS``): the attacker sees the reweighting and
+        may follow an auxiliary classifier's loss instead of the fused logits; the example still has to
+        fool the fused logits."""
+        return {f"aux{i + 1}": AuxiliaryHead(model, i) for i in range(len(amr_mixers(model)))}
+
+
+class AuxiliaryHead(nn.Module):
+    """``model`` seen through the logits of its ``index``-th auxiliary head."""
+
+    def __init__(self, model: nn.Module, index: int) -> None:
+        super().__init__()
+        self.model, self.index = model, index
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.model(batch).aux_logits[self.index]
+
 
 @register_command("amr-weights", origin=f"{__name__}.weights_command")
 @click.command(name="amr-weights")

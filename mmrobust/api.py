@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmrobust.datasets.base import DatasetBundle, Split
+from mmrobust.datasets.base import RGB, SKELETON, DatasetBundle, Split
 from mmrobust.metrics import robust_metrics
 from mmrobust.protocol import Protocol, evaluate as run_protocol, get_protocol
 
@@ -17,6 +17,7 @@ from mmrobust.protocol import Protocol, evaluate as run_protocol, get_protocol
 def evaluate(model: nn.Module, data: DatasetBundle | Split | Mapping[str, Any],
              protocol: str | Protocol = "standard-v1", *, batch_size: int = 64,
              device: torch.device | str | None = None, surrogate: nn.Module | None = None,
+             views: Mapping[str, nn.Module] | None = None, transfer: nn.Module | None = None,
              progress: bool = False) -> dict[str, Any]:
     """Evaluate ``model`` under ``protocol`` and return the metrics of a result record.
 
@@ -27,13 +28,19 @@ def evaluate(model: nn.Module, data: DatasetBundle | Split | Mapping[str, Any],
             evaluation and restored after.
         data: a dataset (its test split is used), a split, or a mapping of
             whole-set arrays/tensors with ``label`` (N,) and one entry per modality.
-        protocol: a protocol name or object (``"standard-v1"``).
+        protocol: a protocol name or object (``"standard-v1"``, ``"strong-v1"``).
         device: where to run; default the model's device.
         surrogate: a differentiable stand-in attacked as well (BPDA).
+        views: ``strong-v1``: differentiable views of the model to attack too
+            (name -> module); their examples are judged on ``model``.
+        transfer: ``strong-v1``: an undefended model of the same data whose
+            examples are judged on ``model`` (the transfer indicator).
 
     Returns:
-        ``{"clean": ..., "clean_ci": ..., "n": ..., "attacks": {"fgsm": {"R": ..., ...}, ...}}``
-        (percent), as in ``result.json``; RI needs a reference and is left None.
+        ``{"clean": ..., "clean_ci": ..., "n": ..., "attacks": {"fgsm": {"R": ..., ...}, ...},
+        "flags": {"sanity": {...}, "indicators": {...}}}`` (percent), as in
+        ``result.json``; RI needs a reference and is left None. A skeleton
+        named ``skeleton`` has its empty person slots pinned (not perturbed).
 
     Example::
 
@@ -41,8 +48,9 @@ def evaluate(model: nn.Module, data: DatasetBundle | Split | Mapping[str, Any],
         metrics = mmrobust.evaluate(my_model, {"rgb": videos, "skeleton": joints, "label": labels})
         metrics["attacks"]["pgd20"]["RS"]
     """
+    padding = {m.name: m.padding for m in (RGB, SKELETON) if m.padding is not None}
     if isinstance(data, DatasetBundle):
-        split = data.test
+        split, padding = data.test, data.padding
     elif isinstance(data, Split):
         split = data
     elif isinstance(data, Mapping):
@@ -57,5 +65,8 @@ def evaluate(model: nn.Module, data: DatasetBundle | Split | Mapping[str, Any],
         device = parameter.device if parameter is not None else "cpu"
     modalities = getattr(model, "modalities", None) or split.modalities
     evaluation = run_protocol(model, split, protocol, modalities=modalities, batch_size=batch_size, device=device,
-                              surrogate=surrogate, progress=progress)
-    return robust_metrics(evaluation.clean, evaluation.robust)
+                              surrogate=surrogate, views=views, transfer=transfer, padding=padding,
+                              progress=progress)
+    metrics = robust_metrics(evaluation.clean, evaluation.robust)
+    metrics["flags"] = {"sanity": evaluation.audit, "indicators": evaluation.indicators}
+    return metrics

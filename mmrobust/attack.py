@@ -52,12 +52,20 @@ class AttackResult:
             over steps of the number of samples attacked at that step).
         forward_passes: sample-level forward-only passes spent (the clean
             forward when the caller gave no clean logits, the final check).
+        no_gradient: (B,) bool or None: the sample's input gradient at the
+            attack's start was zero or not finite on some targeted modality
+            (None: the attack does not say; False for samples not attacked).
+        flat_loss: (B,) bool or None: the sample was attacked, never fooled,
+            and its loss never rose above the start's (the attack made no
+            progress; an indicator of attack failure, Pintor et al. 2022).
     """
 
     batch: Batch
     fooled: torch.Tensor
     gradient_passes: int = 0
     forward_passes: int = 0
+    no_gradient: torch.Tensor | None = None
+    flat_loss: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,9 @@ class Attack:
     Params: ClassVar[type] = NoParams
     #: Parameters of a quick instance (few steps), which the contract tests run.
     example: ClassVar[Mapping[str, Any]] = {}
+    #: True for an attack that only queries the model's outputs (a black-box attack); protocols run
+    #: those after the gradient attacks and flag it when they break more.
+    gradient_free: ClassVar[bool] = False
 
     def __init__(self, params: Any = None, name: str = "") -> None:
         self.params = params if params is not None else self.Params()
@@ -115,6 +126,9 @@ class Attack:
             raise TypeError(f"{type(self).__name__} takes a {self.Params.__qualname__}, "
                             f"got {type(self.params).__name__}")
         self.name = name
+
+    def check_classes(self, classes: int) -> None:
+        """Raise ValueError if this attack cannot run on a model of ``classes`` classes (default: it can)."""
 
     @classmethod
     def create(cls, name: str, values: Mapping[str, Any]) -> Attack:

@@ -105,7 +105,8 @@ def defense_canary(defense: str, dataset: str = "synthetic", preset: str = "tiny
                               batch_size=EVAL_BATCH, surrogate=exp.defense.surrogate(exp.model), store=outcomes,
                               codes=exp.data.codes)
         outcomes["audit"] = np.array([evaluation.audit[k] for k in sorted(evaluation.audit)])
-    return {"weights": model_digest(exp.model), "outcomes": _digest_arrays(outcomes)}, (exp, testset)
+    decided = {k: v for k, v in outcomes.items() if not k.endswith(("#cost", "#diagnosis"))}  # not wall times
+    return {"weights": model_digest(exp.model), "outcomes": _digest_arrays(decided)}, (exp, testset)
 
 
 def attack_canary(exp: Any, testset: Any, protocol: Protocol = STANDARD_V1) -> dict[str, str]:

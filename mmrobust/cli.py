@@ -121,6 +121,8 @@ def _names_option(value: str | None) -> tuple[str, ...] | None:
               help="Initial learning rate (SGD, momentum 0.9, cosine annealing, weight decay 5e-4).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of initialisation, shuffling and dropout.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--protocol", default="standard-v1", show_default=True,
+              help="Evaluation protocol: standard-v1 (the AMR paper's) or strong-v1 (AutoAttack-grade, adaptive).")
 @click.option("--eps", default=None, metavar="EPS", help="Attack budget, e.g. 4/255 (changes the protocol's name).")
 @click.option("--attacks", default=None, metavar="A[,A]",
               help="Attacks to run, e.g. pgd20 or fgsm,ta:APGD (changes the protocol's name).")
@@ -140,7 +142,10 @@ def run(ctx: click.Context, modalities: str | None, defense_params: tuple[str, .
     """Train a defended model, evaluate it under the protocol, write DIR/result.json.
 
     The evaluation is standard-v1: clean accuracy and FGSM, PGD-20 and CW∞
-    (ε = 8/255) on RGB only (R), skeleton only (S) and both (RS).
+    (ε = 8/255) on RGB only (R), skeleton only (S) and both (RS). With
+    --protocol strong-v1 it is APGD-CE, APGD-T and Square run in cascade, plus
+    the defense's adaptive attacks, with attack-failure indicators
+    (DIR/result-strong-v1.json).
 
     \b
     Examples:
@@ -184,7 +189,24 @@ def _report(record: Record) -> None:
                f"{record.protocol}, {record.data['test_size']} test clips: "
                f"clean accuracy {record.metrics['clean']:.2f}%")
     click.echo(record_table(record))
+    if record.path is not None and record.protocol != "standard-v1":
+        click.echo(_beside_standard(record))
     click.echo(f"record: {record.path}")
+
+
+def _beside_standard(record: "Record") -> str:
+    """The worst case per target of this record beside that of the same run's standard-v1 record."""
+    from mmrobust.metrics import WORST
+    from mmrobust.results import Record, RecordError
+
+    try:
+        standard = Record.load(record.path.parent / "result.json")
+    except RecordError:
+        return "no standard-v1 record of this run to compare with"
+    ours, theirs = record.metrics["attacks"].get(WORST, {}), standard.metrics["attacks"].get(WORST, {})
+    codes = [c for c in ours if c not in ("avg", "ri", "ci") and c in theirs]
+    pairs = ", ".join(f"✗{c} {theirs[c]:.2f} -> {ours[c]:.2f}" for c in codes)
+    return f"worst case, standard-v1 -> {record.protocol}: {pairs}"
 
 
 # -- eval ---------------------------------------------------------------------
@@ -192,29 +214,36 @@ def _report(record: Record) -> None:
 @cli.command(name="eval")
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False, exists=True),
               help="A finished run (holds config.json and model.pt).")
+@click.option("--protocol", default=None,
+              help="standard-v1 or strong-v1 [default: the run's]; another protocol starts from its own ε and attacks.")
 @click.option("--eps", default=None, metavar="EPS", help="Attack budget, e.g. 4/255 (changes the protocol's name).")
 @click.option("--attacks", default=None, metavar="A[,A]", help="Attacks to run, e.g. pgd20 or fgsm,ta:APGD.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [default: the run's].")
 @click.option("--eval-batch-size", default=None, type=click.IntRange(min=1))
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def eval_(run_dir: str, eps: str | None, attacks: str | None, device: str | None, eval_batch_size: int | None,
-          quiet: bool) -> None:
+def eval_(run_dir: str, protocol: str | None, eps: str | None, attacks: str | None, device: str | None,
+          eval_batch_size: int | None, quiet: bool) -> None:
     """Evaluate a trained run again, without retraining.
 
-    With the default settings the record is DIR/result.json; with --eps or
-    --attacks it is DIR/result-<protocol>.json, never ranked with standard-v1.
-    An interrupted evaluation resumes from the finished cells.
+    With the default settings the record is DIR/result.json; under another
+    protocol, or with --eps or --attacks, it is DIR/result-<protocol>.json,
+    never ranked with standard-v1. strong-v1 also attacks the defense's
+    declared views and, when a trained `none` run of the same data and seed
+    sits beside DIR, transfers its examples; the record carries
+    attack-failure indicators, and the report sets its worst case beside
+    standard-v1's. An interrupted evaluation resumes from the finished cells.
 
     \b
     Examples:
       mmrobust eval --run-dir runs/synthetic/none-tiny-s0
+      mmrobust eval --run-dir runs/synthetic/amr-tiny-s0 --protocol strong-v1
       mmrobust eval --run-dir runs/synthetic/none-tiny-s0 --eps 4/255 --attacks pgd20
     """
     from mmrobust.run import reevaluate
 
     directory = Path(run_dir)
-    record = reevaluate(directory, eps=_eps_option(eps), attacks=_names_option(attacks), device=device,
-                        batch_size=eval_batch_size, progress=not quiet)
+    record = reevaluate(directory, protocol=protocol, eps=_eps_option(eps), attacks=_names_option(attacks),
+                        device=device, batch_size=eval_batch_size, progress=not quiet)
     _report(record)
 
 
@@ -326,8 +355,10 @@ def inspect(dataset: str, out: str, part: str, per_class: int, preset: str, root
 
 @cli.command()
 @click.option("--dataset", default=None, help="Only this dataset [default: every dataset with records].")
-@click.option("--protocol", default="standard-v1", show_default=True)
-@click.option("--attack", default="pgd20", show_default=True, help="Attack whose ✗R/✗S/✗RS/Avg/RI are shown.")
+@click.option("--protocol", default="standard-v1", show_default=True, help="standard-v1 or strong-v1 (or a changed one).")
+@click.option("--attack", default=None,
+              help="Attack whose ✗R/✗S/✗RS/Avg/RI are shown, or 'worst' [default: pgd20 for standard-v1, worst "
+                   "for strong-v1].")
 @click.option("--format", "fmt", default="md", show_default=True, type=click.Choice(["md", "csv", "html"]),
               help="What to print; all three files are written.")
 @click.option("--records", "sources", multiple=True, type=click.Path(exists=True),
@@ -382,9 +413,11 @@ def leaderboard(dataset: str | None, protocol: str, attack: str, fmt: str, sourc
               help="Where the run directories go.")
 @click.option("--out", default="leaderboards", show_default=True, type=click.Path(file_okay=False),
               help="Leaderboard folder; the records behind it are copied to <out>/<dataset>/records/.")
+@click.option("--protocols", default=None, metavar="P[,P]",
+              help="Protocols to evaluate under besides standard-v1, e.g. strong-v1 (each gets its table).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def sweep(dataset: str, defenses: str | None, preset: str, seed: int, device: str, runs_dir: str, out: str,
-          quiet: bool) -> None:
+          protocols: str | None, quiet: bool) -> None:
     """Run every defense on one dataset, then write its leaderboard with the records behind it.
 
     Finished runs are kept (their record is reused), killed ones resume, so the
@@ -396,14 +429,16 @@ def sweep(dataset: str, defenses: str | None, preset: str, seed: int, device: st
     moves any number cannot land beside records that still show the old ones.
 
     \b
-    Example:
+    Examples:
       mmrobust sweep --dataset synthetic
+      mmrobust sweep --dataset synthetic --protocols strong-v1
     """
     from mmrobust.leaderboard import render
     from mmrobust.sweep import sweep as run_sweep
 
     table = run_sweep(dataset, _names_option(defenses) or (), preset=preset, seed=seed, device=device,
-                      runs_dir=Path(runs_dir), out=Path(out), progress=not quiet,
+                      runs_dir=Path(runs_dir), out=Path(out), protocols=_names_option(protocols) or (),
+                      progress=not quiet,
                       say=lambda line: click.echo(line, err=True))
     click.echo(render(table, "md"))
 

@@ -9,7 +9,11 @@ A defense is a class registered with ``@register_defense`` that owns a frozen
 * ``after_training(model, train, ctx)``: post-training step (fill memory banks);
 * ``surrogate(model) -> nn.Module | None``: a differentiable stand-in for
   adaptive (BPDA) evaluation, when inference is not usefully differentiable
-  (:func:`mmrobust.model.bpda_twin` builds one).
+  (:func:`mmrobust.model.bpda_twin` builds one);
+* ``adaptive(model) -> {name: nn.Module}``: the differentiable views of the
+  model an adaptive protocol (``strong-v1``) attacks besides the model itself
+  (default: the surrogate, as ``bpda``); each view's examples are judged on
+  the model, and the worse outcome counts.
 
 The defaults are those of an undefended model: no change, cross-entropy on
 clean data, nothing after training, no surrogate. What several defenses share
@@ -98,6 +102,27 @@ class Defense:
 
     def surrogate(self, model: nn.Module) -> nn.Module | None:
         return None
+
+    def adaptive(self, model: nn.Module) -> dict[str, nn.Module]:
+        """Views of ``model`` (name -> module taking the batch dict) that adaptive protocols attack with a
+        gradient attack, judging each example on ``model`` itself. Default: the surrogate, as ``bpda``."""
+        surrogate = self.surrogate(model)
+        return {} if surrogate is None else {"bpda": surrogate}
+
+
+def adaptive_views(defense: Defense, model: nn.Module) -> dict[str, nn.Module]:
+    """``defense.adaptive(model)``, checked: a view that fails to build, or is not a module, is a ValueError
+    naming the defense."""
+    try:
+        views = defense.adaptive(model)
+    except Exception as error:  # noqa: BLE001 - any failure of a defense's own hook is reported as its own
+        raise ValueError(f"defense {defense.name!r}: its adaptive attack views failed to build "
+                         f"({type(error).__name__}: {error})") from error
+    for name, view in dict(views).items():
+        if not isinstance(view, nn.Module) or not name or "/" in name or "@" in name:
+            raise ValueError(f"defense {defense.name!r}: adaptive view {name!r} must be an nn.Module under a "
+                             f"name without '/' or '@', got {type(view).__name__}")
+    return dict(views)
 
 
 def build_defense(name: str, params: dict[str, Any] | None = None) -> Defense:
@@ -263,6 +288,15 @@ def combine(*names: str) -> type[Defense]:
 
         def surrogate(self, model: nn.Module) -> nn.Module | None:
             return self._surrogate.surrogate(model) if self._surrogate else None
+
+        def adaptive(self, model: nn.Module) -> dict[str, nn.Module]:
+            views: dict[str, nn.Module] = {}
+            for member in self.members:
+                for view, module in member.adaptive(model).items():
+                    if view in views:
+                        raise ValueError(f"{' and '.join(names)} both declare an adaptive view {view!r}")
+                    views[view] = module
+            return views
 
     Combination.__qualname__ = Combination.__name__ = "Combination_" + "_".join(n.replace("-", "_") for n in names)
     Combination.__doc__ = f"The defenses {', '.join(names)} applied in order (:func:`mmrobust.defense.combine`)."

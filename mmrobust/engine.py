@@ -54,6 +54,16 @@ def margin_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return others.amax(dim=1) - true
 
 
+def input_gradients(objective: torch.Tensor, leaves: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The gradient of ``objective`` with respect to each leaf; zero where the model does not differentiate
+    through an input (a detached or non-differentiable defense): no step is taken there, and the
+    protocol's checks flag it."""
+    if not objective.requires_grad:
+        return [torch.zeros_like(leaf) for leaf in leaves]
+    found = torch.autograd.grad(objective, list(leaves), allow_unused=True)
+    return [torch.zeros_like(leaf) if g is None else g for leaf, g in zip(leaves, found)]
+
+
 @dataclass(frozen=True)
 class Schedule:
     """How the engine iterates.
@@ -186,7 +196,7 @@ class SignGradientAttack(Attack):
                     leaves = {m: x[m].detach().requires_grad_(True) for m in targets}
                     logits = logits_of(model({**sub, **leaves}))
                     objective = self.loss(logits, labels).sum()  # summed: a sample's gradient ignores the others
-                    grads = dict(zip(targets, torch.autograd.grad(objective, [leaves[m] for m in targets])))
+                    grads = dict(zip(targets, input_gradients(objective, [leaves[m] for m in targets])))
                 gradient_passes += pool.numel()
             hit = logits.detach().argmax(dim=1) != labels
             counted = hit if early_stop else hit & checking

@@ -68,6 +68,9 @@ REPORTED_PROTOCOL, REPORTED_ATTACK = "standard-v1", "pgd20"
 
 REPORTED_TARGETS = ("R", "S", "RS")
 FORMATS = ("md", "csv", "html")
+#: The attack a protocol's table ranks by unless told otherwise (``worst``: the pointwise worst case).
+DEFAULT_ATTACK = {"standard-v1": "pgd20", "strong-v1": WORST}
+STANDARD, STRONG = "standard-v1", "strong-v1"  # the standard-v1 table sets strong-v1's worst case beside its own
 
 
 class RecordWarning(UserWarning):
@@ -157,6 +160,9 @@ def _flags(record: Record, common_settings: str | None) -> str:
     failed = sorted(name for name, passed in (record.flags.get("sanity") or {}).items() if passed is False)
     if failed:
         marks.append(f"sanity!({','.join(failed)})")
+    tripped = sorted(name for name, passed in (record.flags.get("indicators") or {}).items() if passed is False)
+    if tripped:
+        marks.append(f"attack-failure!({','.join(tripped)})")
     if common_settings is not None and _settings_key(record) != common_settings:
         marks.append("settings!")
     return " ".join(marks)
@@ -182,16 +188,35 @@ def target_codes(records: Iterable[Record]) -> list[str]:
     return sorted(seen, key=lambda code: (len(code), joint.find(code) if len(code) == 1 else 0, code))
 
 
-def columns(codes: Iterable[str]) -> tuple[list[str], list[str]]:
-    """All columns and the number columns of a table over ``codes``: ✓ then the joint code, ✗ and each code."""
+def default_attack(protocol: str) -> str:
+    """The column a protocol's table ranks by (:data:`DEFAULT_ATTACK`; ``pgd20`` for one not listed)."""
+    return DEFAULT_ATTACK.get(protocol.split("~")[0], "pgd20")
+
+
+def columns(codes: Iterable[str], strong: bool = False) -> tuple[list[str], list[str]]:
+    """All columns and the number columns of a table over ``codes``: ✓ then the joint code, ✗ and each code;
+    with ``strong``, the strong-v1 worst-case Avg of the same model and the share of Avg it keeps."""
     codes = list(codes)
     clean = "✓" + max(codes, key=len, default="")
     numbers = [clean, *[f"✗{code}" for code in codes], "Avg", "RI", "Worst Avg"]
+    if strong:
+        numbers += [STRONG_AVG, KEPT]
     return ["defense", "modalities", "preset", "split", *numbers, "flags", "source", "run"], numbers
 
 
+STRONG_AVG, KEPT = "strong-v1 Avg", "Kept %"
+
+
+def _strong_twin(record: Record, candidates: Iterable[Record]) -> Record | None:
+    """The strong-v1 record of the same model (same identity and weights), the newest if several."""
+    digest = record.evaluation.get("model_digest")
+    twins = [c for c in candidates if c.protocol == STRONG and c.dataset == record.dataset
+             and _identity(c) == _identity(record) and c.evaluation.get("model_digest") == digest]
+    return max(twins, key=lambda c: (c.finished_at(), c.source), default=None)
+
+
 def _measured_row(record: Record, attack: str, reference: Record | None, common_settings: str | None,
-                  codes: list[str]) -> dict[str, Any]:
+                  codes: list[str], strong: Record | None = None) -> dict[str, Any]:
     metrics = record.metrics
     entry = (metrics.get("attacks") or {}).get(attack)
     clean = columns(codes)[1][0]
@@ -207,6 +232,9 @@ def _measured_row(record: Record, attack: str, reference: Record | None, common_
             row["RI"] = relative_improvement(row[clean], row["Avg"], _value(reference.metrics, "clean"),
                                              _value(reference_entry, "avg"))
     row["Worst Avg"] = _value((metrics.get("attacks") or {}).get(WORST), "avg")
+    if strong is not None:
+        row[STRONG_AVG] = _value((strong.metrics.get("attacks") or {}).get(WORST), "avg")
+        row[KEPT] = 100 * row[STRONG_AVG] / row["Avg"] if row["Avg"] > 0 else np.nan
     row["flags"] = _flags(record, common_settings)
     row["source"] = "measured"
     row["run"] = record.source
@@ -234,7 +262,7 @@ def _reported_rows(dataset: str) -> list[dict[str, Any]]:
 
 
 def build_table(records: Iterable[Record], dataset: str, protocol: str = "standard-v1",
-                attack: str = "pgd20") -> pd.DataFrame:
+                attack: str | None = None) -> pd.DataFrame:
     """The leaderboard of ``dataset`` under ``protocol``, for one attack.
 
     Only records of exactly that dataset and protocol name are used. RI is
@@ -243,11 +271,17 @@ def build_table(records: Iterable[Record], dataset: str, protocol: str = "standa
     empty when there is none). Rows are sorted by Avg, then clean accuracy,
     both descending; the paper's reported rows (NTU RGB+D and iMiGUE,
     standard-v1, PGD20 only) follow in the paper's order. Where several
-    records describe the same model, the newest is kept.
+    records describe the same model, the newest is kept. ``attack`` defaults
+    to the protocol's (:func:`default_attack`). Where ``records`` hold
+    strong-v1 records of the same models, the standard-v1 table adds their
+    worst-case Avg and the percentage of its own Avg that survives
+    (``Kept %``).
 
     ``table.attrs`` holds ``dataset``, ``protocol``, ``attack`` and
     ``footnotes`` (a list of str), which :func:`render` prints under the table.
     """
+    records = list(records)
+    attack = attack or default_attack(protocol)
     chosen = [r for r in records if r.dataset == dataset and r.protocol == protocol]
     chosen.sort(key=lambda r: r.source)
     chosen, footnotes = _newest_per_model(chosen)
@@ -261,9 +295,12 @@ def build_table(records: Iterable[Record], dataset: str, protocol: str = "standa
     codes = target_codes(chosen) or (list(REPORTED_TARGETS) if reported else [])
     if reported and set(codes) != set(REPORTED_TARGETS):
         reported = []  # the paper's rows have R, S and RS only
-    rows = [_measured_row(r, attack, find_reference(r, chosen), common_settings, codes) for r in chosen]
+    twins = {id(r): _strong_twin(r, records) for r in chosen} if protocol == STANDARD else {}
+    strong = any(twin is not None for twin in twins.values())
+    rows = [_measured_row(r, attack, find_reference(r, chosen), common_settings, codes, twins.get(id(r)))
+            for r in chosen]
     rows.sort(key=_rank)
-    names, numbers = columns(codes)
+    names, numbers = columns(codes, strong)
     table = pd.DataFrame(rows + reported, columns=names)
     table[numbers] = table[numbers].astype(float)
     table.attrs = {"dataset": dataset, "protocol": protocol, "attack": attack, "footnotes": footnotes}
@@ -274,9 +311,15 @@ def build_table(records: Iterable[Record], dataset: str, protocol: str = "standa
 
 def _caption(table: pd.DataFrame) -> str:
     attrs = table.attrs
-    return (f"{attrs.get('dataset', '?')}, protocol {attrs.get('protocol', '?')}: accuracy (%) under "
-            f"{attrs.get('attack', '?')}; Worst Avg is the Avg of the worst case over all attacks; "
+    attack = attrs.get("attack", "?")
+    under = "the pointwise worst case over all attacks" if attack == WORST else attack
+    text = (f"{attrs.get('dataset', '?')}, protocol {attrs.get('protocol', '?')}: accuracy (%) under {under}; "
+            "Worst Avg is the Avg of the worst case over all attacks; "
             f"RI against `{reference_defense()}` of the same preset, split, modalities, data and training seed.")
+    if KEPT in table.columns:
+        text += (f" {STRONG_AVG}: the worst-case Avg of the same model under {STRONG}; {KEPT}: the share of "
+                 "Avg that survives it.")
+    return text
 
 
 def _md_cell(value: Any) -> str:
@@ -296,7 +339,7 @@ def render(table: pd.DataFrame, fmt: str) -> str:
     footnotes = table.attrs.get("footnotes", [])
     if fmt == "md":
         cells = [[_md_cell(value) for value in row] for row in table.itertuples(index=False)]
-        numbers = [c for c in table.columns if c[:1] in "✓✗" or c in ("Avg", "RI", "Worst Avg")]
+        numbers = [c for c in table.columns if c[:1] in "✓✗" or c in ("Avg", "RI", "Worst Avg", STRONG_AVG, KEPT)]
         align = ["right" if column in numbers else "left" for column in table.columns]
         body = tabulate(cells, headers=list(table.columns), tablefmt="pipe", colalign=align, disable_numparse=True)
         text = f"{_caption(table)}\n\n{body}\n"
@@ -345,4 +388,13 @@ def record_table(record: Record) -> str:
     failed = [k for k, ok in record.flags.get("sanity", {}).items() if not ok]
     if failed:
         lines.append(f"sanity checks failed: {', '.join(failed)}")
+    indicators = record.flags.get("indicators") or {}
+    tripped = [k for k, ok in indicators.items() if ok is False]
+    if tripped:
+        lines.append(f"ATTACK FAILURE indicated ({', '.join(tripped)}): the robust accuracy above may be an "
+                     "overestimate")
+    elif indicators:
+        unmeasured = [k for k, ok in indicators.items() if ok is None]
+        lines.append("attack-failure indicators: none tripped"
+                     + (f" ({', '.join(unmeasured)} not measured)" if unmeasured else ""))
     return "\n".join(lines)

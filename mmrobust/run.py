@@ -22,7 +22,7 @@ import torch
 from mmrobust.config import RunConfig
 from mmrobust.datasets.base import Dataset, DatasetBundle
 from mmrobust import runtime
-from mmrobust.defense import Defense, TrainContext, build_defense, defend, reference_defense
+from mmrobust.defense import Defense, TrainContext, adaptive_views, build_defense, defend, reference_defense
 from mmrobust.files import write_json
 from mmrobust.metrics import fill_ri, robust_metrics
 from mmrobust.model import MultimodalNet, unimodal_modalities
@@ -118,6 +118,8 @@ def execute(config: RunConfig, run_dir: Path, *, resume: dict[str, Any] | None =
     exp = prepare(config, progress)
     config = exp.config
     protocol = get_protocol(config.protocol, eps=config.eps, attacks=config.attacks)  # fail before training
+    for setting in protocol.attacks:
+        setting.build().check_classes(exp.data.num_classes)
     make_run_dir(run_dir)
     write_json(run_dir / "config.json", config.to_dict())
     if resume is not None:
@@ -145,21 +147,32 @@ def evaluate_experiment(exp: Experiment, run_dir: Path, protocol: Protocol, *, t
     outcomes = f"outcomes{suffix}.npz"
     store = OutcomeStore(run_dir / outcomes, outcome_key(exp.model, protocol, exp.data.fingerprint,
                                                            len(exp.data.test), exp.device))
+    if protocol.adaptive:
+        views = adaptive_views(exp.defense, exp.model)
+        transfer, transfer_run = undefended_model(exp, run_dir)
+        attacked = {"views": views, "transfer": transfer}
+    else:
+        attacked, transfer_run = {"surrogate": exp.defense.surrogate(exp.model)}, None
     evaluation = evaluate(exp.model, exp.data.test, protocol, modalities=config.modalities,
-                          batch_size=config.eval_batch_size, device=exp.device,
-                          surrogate=exp.defense.surrogate(exp.model), store=store, codes=exp.data.codes,
-                          progress=progress)
+                          batch_size=config.eval_batch_size, device=exp.device, store=store, codes=exp.data.codes,
+                          padding=exp.data.padding, progress=progress, **attacked)
     metrics = robust_metrics(evaluation.clean, evaluation.robust)
+    flags = {"surrogate_used": evaluation.surrogate_used,
+             "sanity": {**evaluation.audit,
+                        **ordering_checks(protocol, metrics, evaluation.targets, len(evaluation.labels),
+                                          exp.data.codes)}}
+    if protocol.adaptive:
+        flags["indicators"] = evaluation.indicators
+        flags["adaptive"] = sorted({key.split("@", 1)[1] for key in evaluation.robust if "@" in key})
+        flags["transfer_source"] = transfer_run
     record = Record(
         dataset=config.dataset, split=config.split, defense=config.defense, preset=config.preset,
         modalities=tuple(config.modalities), protocol=protocol.name, protocol_settings=protocol.settings(),
         config=config.to_dict(), metrics=metrics,
-        flags={"surrogate_used": evaluation.surrogate_used,
-               "sanity": {**evaluation.audit,
-                          **ordering_checks(protocol, metrics, evaluation.targets, len(evaluation.labels),
-                                            exp.data.codes)}},
+        flags=flags,
         evaluation={"outcomes": outcomes, "model_digest": store.key["model"], "batch_size": config.eval_batch_size,
-                    "disagreements": evaluation.disagreements, **evaluation.cost},
+                    "disagreements": evaluation.disagreements, **evaluation.cost, "cells": evaluation.cells,
+                    "pinned": evaluation.pinned},
         data={"fingerprint": exp.data.fingerprint, "train_size": len(exp.data.train),
               "test_size": len(exp.data.test), "num_classes": exp.data.num_classes,
               "skeleton_scale": exp.data.skeleton_scale, "skeleton_unit": exp.data.skeleton_unit},
@@ -168,6 +181,26 @@ def evaluate_experiment(exp: Experiment, run_dir: Path, protocol: Protocol, *, t
     )
     record = attach_reference(record, run_dir)
     return record.save(run_dir / record_name(protocol.name))
+
+
+def undefended_model(exp: Experiment, run_dir: Path) -> tuple[torch.nn.Module | None, str | None]:
+    """The trained model of the reference defense (``none``) beside ``run_dir`` with the same dataset, split,
+    preset, modalities, data and training seed, and its run directory; (None, None) if there is none or
+    this run is that defense (a transfer source for adaptive protocols)."""
+    config = exp.config
+    reference = reference_defense()
+    if config.defense == reference:
+        return None, None
+    key = (config.dataset, config.split, config.preset, tuple(config.modalities), exp.data.fingerprint, config.seed)
+    for record in records_beside(run_dir):
+        source = Path(record.source)
+        if (record.defense == reference and (record.dataset, record.split, record.preset, tuple(record.modalities),
+                                             record.fingerprint, record.seed) == key
+                and (source / "model.pt").is_file()):
+            other = load_trained(source, device=config.device)
+            return other.model, source.as_posix()
+    log.info("no trained %r run beside %s: strong-v1's transfer indicator is left empty", reference, run_dir)
+    return None, None
 
 
 def attach_reference(record: Record, run_dir: Path) -> Record:
@@ -206,11 +239,17 @@ def load_trained(run_dir: Path, **changes: Any) -> Experiment:
     return exp
 
 
-def reevaluate(run_dir: Path, *, eps: float | None = None, attacks: tuple[str, ...] | None = None,
-               device: str | None = None, batch_size: int | None = None, progress: bool = True) -> Record:
-    """Evaluate a trained run again without retraining (``mmrobust eval``)."""
+def reevaluate(run_dir: Path, *, protocol: str | None = None, eps: float | None = None,
+               attacks: tuple[str, ...] | None = None, device: str | None = None, batch_size: int | None = None,
+               progress: bool = True) -> Record:
+    """Evaluate a trained run again without retraining (``mmrobust eval``), under its own protocol or
+    ``protocol``."""
     started = time.perf_counter()
+    if protocol is not None:
+        get_protocol(protocol)  # an unknown name fails before the model is loaded
     exp = load_trained(run_dir, eps=eps, attacks=attacks, device=device, eval_batch_size=batch_size)
+    if protocol is not None:  # another protocol: the run's own ε and attack list do not carry over
+        exp.config = exp.config.replace(protocol=protocol, eps=eps, attacks=attacks or ())
     protocol = get_protocol(exp.config.protocol, eps=exp.config.eps, attacks=exp.config.attacks)
     training = _training_summary(run_dir)
     return evaluate_experiment(exp, run_dir, protocol, training=training, started=started, progress=progress)

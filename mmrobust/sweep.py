@@ -26,15 +26,19 @@ from mmrobust.config import RunConfig
 from mmrobust.leaderboard import build_table, load_records, write_leaderboard
 from mmrobust.registry import DEFENSES
 from mmrobust.results import Record
-from mmrobust.run import (RunDirError, check_run_dir, default_run_dir, execute, load_data, record_name,
+from mmrobust.protocol import STANDARD_V1, get_protocol
+from mmrobust.run import (RunDirError, check_run_dir, default_run_dir, execute, load_data, record_name, reevaluate,
                           resume_state)
 
 
 def sweep(dataset: str, defenses: Sequence[str] = (), *, preset: str = "tiny", seed: int = 0, device: str = "auto",
-          runs_dir: Path = Path("runs"), out: Path = Path("leaderboards"), progress: bool = True,
-          say: Callable[[str], None] = print) -> pd.DataFrame:
+          runs_dir: Path = Path("runs"), out: Path = Path("leaderboards"), protocols: Sequence[str] = (),
+          progress: bool = True, say: Callable[[str], None] = print) -> pd.DataFrame:
     """Run (or reuse, or resume) every defense in ``defenses`` (default: all registered) and write the leaderboard.
 
+    Every run is evaluated under standard-v1, then under each of ``protocols``
+    (``strong-v1``, say: after every defense is trained, so that it can use
+    the undefended model as a transfer source); each protocol gets its table.
     Returns the standard-v1 table that was written to ``out/<dataset>/``.
 
     Raises:
@@ -45,6 +49,9 @@ def sweep(dataset: str, defenses: Sequence[str] = (), *, preset: str = "tiny", s
     names = list(defenses) or DEFENSES.names()
     for name in names:
         DEFENSES.get(name)  # unknown names fail before any work, with suggestions
+    extra = [p for p in dict.fromkeys(protocols) if p != STANDARD_V1.name]
+    for protocol in extra:
+        get_protocol(protocol)  # so do unknown protocols
     records_dir = out / dataset / "records"
     fingerprint = None
     for name in names:
@@ -68,17 +75,31 @@ def sweep(dataset: str, defenses: Sequence[str] = (), *, preset: str = "tiny", s
             execute(config, directory, resume=state, progress=progress)
             say(f"{name}: done in {time.perf_counter() - started:.0f} s")
         _publish(Record.load(directory / record_name(config.protocol)), directory, records_dir)
-    table = build_table(load_records([records_dir]), dataset)
-    write_leaderboard(table, out, dataset, "standard-v1")
+    for protocol in extra:
+        for name in names:
+            directory = runs_dir / default_run_dir(RunConfig(dataset=dataset, defense=name, preset=preset,
+                                                             seed=seed)).relative_to("runs")
+            if not (directory / record_name(protocol)).is_file():
+                started = time.perf_counter()
+                say(f"{name}: evaluating under {protocol}")
+                reevaluate(directory, protocol=protocol, progress=progress)
+                say(f"{name}: {protocol} done in {time.perf_counter() - started:.0f} s")
+            _publish(Record.load(directory / record_name(protocol)), directory, records_dir)
+    records = load_records([records_dir])
+    for protocol in extra:
+        write_leaderboard(build_table(records, dataset, protocol=protocol), out, dataset, protocol)
+    table = build_table(records, dataset)
+    write_leaderboard(table, out, dataset, STANDARD_V1.name)
     say("canaries: short exact runs of every defense, checked by the tests against these records")
     canary.write(out / dataset, names, dataset, preset)
     return table
 
 
 def _publish(record: Record, directory: Path, records_dir: Path) -> None:
-    """Copy a run's record and outcomes to ``records_dir`` as ``<run>.json`` and ``<run>.outcomes.npz``."""
+    """Copy a run's record and outcomes to ``records_dir`` as ``<run>.json`` and ``<run>.outcomes.npz``
+    (``<run>.<protocol>.json`` and ``<run>.<protocol>.outcomes.npz`` for a protocol other than standard-v1)."""
     records_dir.mkdir(parents=True, exist_ok=True)
-    stem = directory.name
+    stem = directory.name if record.protocol == STANDARD_V1.name else f"{directory.name}.{record.protocol}"
     shutil.copyfile(directory / record.evaluation["outcomes"], records_dir / f"{stem}.outcomes.npz")
     record.replace(evaluation={**record.evaluation, "outcomes": f"{stem}.outcomes.npz"}).save(
         records_dir / f"{stem}.json")

@@ -64,16 +64,31 @@ class Modality:
         display: human name, e.g. "RGB video".
         like: the modality whose backbone a model preset builds for this one
             (a depth video is built like ``"rgb"``); None: its own name.
+        padding: the entries of a batch tensor that hold no input (a bool mask
+            broadcastable to it), which attacks may not perturb; None: every
+            entry is an input. Its docstring's first line says what is masked
+            (stored in result records).
     """
 
     name: str
     code: str
     display: str
     like: str | None = None
+    padding: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+def absent_people(skeleton: torch.Tensor) -> torch.Tensor:
+    """Person slots of a frame that hold nobody: all coordinates of all joints exactly 0.
+
+    (B, C, T, V, M) -> (B, 1, T, 1, M). An NTU clip with one actor stores zeros
+    for the second, and a frame where a person is not tracked is zero as well;
+    perturbing those would conjure a body that the sensor never saw.
+    """
+    return (skeleton == 0).all(dim=3, keepdim=True).all(dim=1, keepdim=True)
 
 
 RGB = Modality("rgb", "R", "RGB video")
-SKELETON = Modality("skeleton", "S", "skeleton")
+SKELETON = Modality("skeleton", "S", "skeleton", padding=absent_people)
 
 
 def describe_modalities(declared: Iterable[Modality], names: Iterable[str]) -> dict[str, Modality]:
@@ -179,6 +194,12 @@ class DatasetBundle:
         """Modality name -> short code ("rgb" -> "R"); an undeclared modality's is its first letter upper-cased."""
         return {name: self.modality_info[name].code if name in self.modality_info else name[:1].upper()
                 for name in self.modalities}
+
+    @property
+    def padding(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """Modality name -> its padding rule, for the modalities that declare one (:attr:`Modality.padding`)."""
+        return {name: info.padding for name, info in self.modality_info.items()
+                if name in self.modalities and info.padding is not None}
 
     def input_shape(self, modality: str) -> tuple[int, ...]:
         """Per-sample shape of a modality, e.g. (3, T, H, W) for RGB."""
