@@ -16,9 +16,11 @@ gradient, so gradient masking does not stop it. Per sample:
   per channel, drawn again (at most ⌈24 / C⌉ times) when the window would not
   change. The candidate replaces the best iterate only if its margin is lower.
   p_i follows the schedule of the reference implementation (AutoAttack's
-  ``square.py``, ``p_selection``): with it = ⌊10000 · i / queries⌋, p_i is
-  p_init, halved once more after each of it = 10, 50, 200, 500, 1000, 2000,
-  4000, 6000 and 8000 (p_init / 512 at the end).
+  ``square.py``, ``p_selection``): p_i is p_init, halved once more after each
+  of it = 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000, where it = i as
+  AutoAttack "standard" runs it (``resc_schedule=False``), or
+  it = ⌊10000 · i / queries⌋ with ``rescale`` (the reference's default,
+  which squeezes the schedule into a smaller budget).
 
 Generalised from images to any modality (B, C, d_1, …, d_k): dim 1 holds
 the channels and the rest is the grid, T × H × W for video and T × V × M for
@@ -26,8 +28,9 @@ a skeleton; a (B, D) tensor is one channel over a grid of D. A window has
 side round(d_j · p^(1/k)) along each axis (at least 1, at most d_j), k
 counting the axes longer than 1, so that a single-person skeleton's M = 1
 axis does not inflate the others. Positions are uniform over all
-d_j − side_j + 1 places (the reference never picks the last). Every targeted modality gets its own window, signs
-and ε_m in the same query, so one forward serves all of them.
+d_j − side_j + 1 places (the reference never picks the last). Every
+targeted modality gets its own window, signs and ε_m in the same query, so
+one forward serves all of them.
 
 A margin counts as lower only by more than 10⁻⁵ relative, as in ``apgd``: a
 candidate the model cannot tell apart (a modality it ignores) would otherwise
@@ -49,6 +52,8 @@ Arguments:
         ``n_queries``). Default 5000.
     p_init (float): fraction of the grid the first windows cover, in (0, 1].
         Default 0.8.
+    rescale (bool): stretch the schedule's breakpoints (made for 10,000
+        queries) to ``queries``. Default False, as in AutoAttack "standard".
 
 Input: the batch dict, every modality float in [0, 1] — ``rgb`` (B, 3, T, H, W),
 ``skeleton`` (B, C, T, V, M) — and ``label`` int64 (B,).
@@ -74,7 +79,7 @@ from torch import nn
 from mmrobust.attack import (LABEL, Attack, AttackResult, Eps, RandomStarts, check_starts, clean_fooled,
                              resolve_eps, resolve_targets, take)
 from mmrobust.model import Batch, logits_of
-from mmrobust.params import check_number
+from mmrobust.params import check_flag, check_number
 from mmrobust.registry import register_attack
 
 BREAKPOINTS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)  # of it = ⌊10000 · i / queries⌋
@@ -82,18 +87,19 @@ TIE = 1e-5  # relative margin difference below which a candidate is no better
 SIGN_BITS = 24  # sign draws per iteration: ⌈24 / C⌉ tries of C signs; all leave the window as it is w.p. 2⁻²⁴
 
 
-def halvings(iteration: int, queries: int) -> int:
-    """How often p_init is halved at ``iteration`` (0-based) of ``queries``: 0 … 9."""
-    it = int(iteration / queries * 10000)
+def halvings(iteration: int, queries: int, rescale: bool = True) -> int:
+    """How often p_init is halved at ``iteration`` (0-based) of ``queries``: 0 … 9 (the breakpoints are
+    for 10,000 queries; ``rescale`` stretches them to ``queries``, otherwise they apply as they are)."""
+    it = int(iteration / queries * 10000) if rescale else iteration
     return sum(it > mark for mark in BREAKPOINTS)
 
 
-def window_fraction(iteration: int, queries: int, p_init: float) -> float:
+def window_fraction(iteration: int, queries: int, p_init: float, rescale: bool = True) -> float:
     """The fraction p of the grid a window covers at ``iteration`` (0-based) of ``queries``.
 
-    The reference's ``p_selection`` with its schedule rescaled to ``queries``.
+    The reference's ``p_selection``; ``rescale`` is its ``resc_schedule``.
     """
-    return p_init / 2 ** halvings(iteration, queries)
+    return p_init / 2 ** halvings(iteration, queries, rescale)
 
 
 def window_sides(grid: Sequence[int], p: float) -> tuple[int, ...]:
@@ -113,10 +119,12 @@ def margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 class Params:
     queries: int = 5000
     p_init: float = 0.8
+    rescale: bool = False
 
     def __post_init__(self) -> None:
         check_number("queries", self.queries, 1, integer=True)
         check_number("p_init", self.p_init, 0.0, 1.0, low_open=True)
+        check_flag("rescale", self.rescale)
 
 
 @dataclass
@@ -235,7 +243,8 @@ class Square(Attack):
         adversarial = {m: batch[m].clone() for m in targets}
         queue = (~fooled).nonzero().squeeze(1)  # samples waiting, in batch order
         queries = self.params.queries
-        levels = torch.tensor([halvings(i, queries) for i in range(queries)])  # windows shrink level by level
+        levels = torch.tensor([halvings(i, queries, self.params.rescale)  # windows shrink level by level
+                               for i in range(queries)])
         windows = {m: _Windows(tuple(batch[m].shape[1:]), radius[m], levels, self.params.p_init, device)
                    for m in targets}
         width = size if max_batch is None else max(1, min(max_batch, size))

@@ -141,7 +141,7 @@ STRONG_V1 = Protocol(
     attacks=(
         AttackSetting("apgd-ce", "apgd-ce", (("steps", 100), ("restarts", 1))),
         AttackSetting("apgd-t", "apgd-t", (("steps", 100), ("restarts", 9))),
-        AttackSetting("square", "square", (("queries", 5000), ("p_init", 0.8))),
+        AttackSetting("square", "square", (("queries", 5000), ("p_init", 0.8), ("rescale", False))),
     ),
     cascade=True,
     adaptive=True,

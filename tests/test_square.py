@@ -86,15 +86,20 @@ def with_ids(batch: dict) -> dict:
 
 def test_schedule_is_the_reference_p_selection():
     for queries in (50, 1000, 5000, 10000):
-        ours = [square.window_fraction(i, queries, 0.8) for i in range(queries)]
-        theirs = [reference.SquareAttack(None, n_queries=queries, p_init=0.8).p_selection(i) for i in range(queries)]
-        assert ours == theirs, queries
+        for rescale in (True, False):
+            ours = [square.window_fraction(i, queries, 0.8, rescale) for i in range(queries)]
+            theirs = [reference.SquareAttack(None, n_queries=queries, p_init=0.8, resc_schedule=rescale).p_selection(i)
+                      for i in range(queries)]
+            assert ours == theirs, (queries, rescale)
     # The breakpoints at 10000 queries, where it = i: p_init halved after 10, 50, 200, 500, 1000, 2000, … .
     fractions = {i: square.window_fraction(i, 10000, 0.8) for i in
                  (0, 10, 11, 50, 51, 200, 201, 500, 501, 1000, 1001, 2000, 2001, 4000, 4001, 6000, 6001, 8000, 8001)}
     halved = [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9]
     assert list(fractions.values()) == [0.8 / 2 ** h for h in halved]
     assert square.window_fraction(4999, 5000, 0.8) == 0.8 / 512
+    # AutoAttack "standard" does not rescale: 5000 queries end at p_init / 2**7, after it = 4000
+    assert square.window_fraction(4999, 5000, 0.8, rescale=False) == 0.8 / 128
+    assert build_attack("square").params.rescale is False
 
 
 def test_window_sides_on_video_and_skeleton_grids():

@@ -25,7 +25,7 @@ EPS = 8 / 255
 QUICK = dataclasses.replace(STRONG_V1, name="strong-quick", attacks=(
     AttackSetting("apgd-ce", "apgd-ce", (("steps", 10),)),
     AttackSetting("apgd-t", "apgd-t", (("steps", 10), ("restarts", 3))),
-    AttackSetting("square", "square", (("queries", 60),)),
+    AttackSetting("square", "square", (("queries", 60), ("rescale", True))),
 ))
 
 
@@ -68,7 +68,7 @@ def test_strong_v1_is_as_published():
     assert [(a.key, a.attack, dict(a.params)) for a in STRONG_V1.attacks] == [
         ("apgd-ce", "apgd-ce", {"steps": 100, "restarts": 1}),
         ("apgd-t", "apgd-t", {"steps": 100, "restarts": 9}),
-        ("square", "square", {"queries": 5000, "p_init": 0.8})]
+        ("square", "square", {"queries": 5000, "p_init": 0.8, "rescale": False})]
     assert STRONG_V1.eps == 8 / 255 and STRONG_V1.cascade and STRONG_V1.adaptive
     assert STRONG_V1.randomness_passes == 5 and STRONG_V1.eot_draws == 20
     assert get_protocol("strong-v1") == STRONG_V1
