@@ -341,8 +341,6 @@ def evaluate(model: nn.Module, data: Split, protocol: Protocol = STANDARD_V1, *,
     Raises:
         ValueError: ``views`` or ``transfer`` with a protocol that is not adaptive.
     """
-    from tqdm.auto import tqdm
-
     device = torch.device(device)
     modalities = tuple(modalities or getattr(model, "modalities", ()) or data.modalities)
     targets = target_sets(modalities, codes)
@@ -357,16 +355,10 @@ def evaluate(model: nn.Module, data: Split, protocol: Protocol = STANDARD_V1, *,
     store = {} if store is None else store
     started = time.perf_counter()
 
-    with contextlib.ExitStack() as frozen:
-        for module in (model, surrogate, transfer, *views.values()):
-            frozen.enter_context(_frozen_eval(module))
+    with _frozen_eval(model, surrogate, transfer, *views.values()):
         clean_logits, labels = _clean_logits(model, data, modalities, batch_size, device)
         clean = (clean_logits.argmax(1) == labels).numpy()
-        if "clean" in store and not np.array_equal(store["clean"], clean):
-            log.warning("the stored clean outcomes differ from this model's (another device or thread count?); "
-                        "evaluating every cell afresh")
-            store.clear()
-        store["labels"], store["clean"] = labels.numpy(), clean
+        _start_store(store, labels.numpy(), clean)
         surrogate_logits = (_clean_logits(surrogate, data, modalities, batch_size, device)[0]
                             if surrogate is not None else None)
         cost = {"gradient_passes": 0, "forward_passes": len(data) * (2 if surrogate is not None else 1)}
@@ -375,56 +367,112 @@ def evaluate(model: nn.Module, data: Split, protocol: Protocol = STANDARD_V1, *,
         for setting in protocol.attacks:  # an attack that cannot run here fails before any attack ran
             setting.build().check_classes(clean_logits.shape[1])
         modules = {"model": model, "eot": _Expectation(model, protocol.eot_draws), "transfer": transfer, **views}
-        bar = tqdm(total=len(cells) * len(targets) * len(data), disable=None if progress else True, unit="clip",
-                   desc="evaluating", dynamic_ncols=True, leave=False)
-        robust: dict[str, dict[str, np.ndarray]] = {}
-        alive = {code: clean.copy() for code in targets}  # robust after every cell so far (cascade)
-        disagreements = 0
-        per_cell: dict[str, dict[str, float]] = {}
-        diagnosis = {name: 0 for name in DIAGNOSIS}
-        for cell in cells:
-            for code in targets:
-                key = f"{cell.key}/{code}"
-                done, checks = store.get(key), store.get(f"{key}#checks")
-                if done is None or checks is None:
-                    candidates = np.flatnonzero(alive[code]) if protocol.cascade else np.arange(len(data))
-                    outcome = _attack_cell(model, modules[cell.against], cell, surrogate, targets[code], data,
-                                           candidates, modalities, protocol, clean_logits, surrogate_logits,
-                                           batch_size, device, padding, bar)
-                    # Side entries first: a cell counts as done only once its outcomes follow.
-                    store[f"{key}#cost"] = outcome.cost
-                    store[f"{key}#diagnosis"] = outcome.diagnosis
-                    store[f"{key}#checks"] = outcome.checks
-                    store[key] = done = outcome.robust
-                    checks = outcome.checks
-                    bar.update(len(data) - len(candidates))  # the attacked ones were counted as they went
-                else:
-                    bar.update(len(data))
-                if protocol.cascade:
-                    done = done & alive[code]
-                    alive[code] = done
-                robust.setdefault(cell.key, {})[code] = done
-                checked = dict(zip(CHECKS, checks.tolist()))
-                for name in CHECKS[:2]:
-                    audit[name] = audit.get(name, True) and bool(checked[name])
-                disagreements += int(checked["disagreements"])
-                spent = np.asarray(store.get(f"{key}#cost", np.zeros(3)), dtype=np.float64)
-                per_cell[key] = dict(zip(("gradient_passes", "forward_passes", "seconds"), spent.tolist()))
-                cost["gradient_passes"] += int(spent[0])
-                cost["forward_passes"] += int(spent[1])
-                if cell == cells[0]:
-                    counts = np.asarray(store.get(f"{key}#diagnosis", np.zeros(len(DIAGNOSIS))), dtype=np.int64)
-                    for name, count in zip(DIAGNOSIS, counts.tolist()):
-                        diagnosis[name] += count
-        bar.close()
+        tally = _Tally(clean, protocol.cascade, audit, cost)
+        with _progress(len(cells) * len(targets) * len(data), progress) as bar:
+            for cell in cells:
+                for code, members in targets.items():
+                    key = f"{cell.key}/{code}"
+                    outcome = _stored(store, key)
+                    if outcome is None:
+                        candidates = tally.candidates(code)
+                        outcome = _attack_cell(model, modules[cell.against], cell, surrogate, members, data,
+                                               candidates, modalities, protocol, clean_logits, surrogate_logits,
+                                               batch_size, device, padding, bar)
+                        _keep(store, key, outcome)
+                        bar.update(len(data) - len(candidates))  # the attacked ones were counted as they went
+                    else:
+                        bar.update(len(data))
+                    tally.add(cell, code, outcome, first=cell == cells[0])
         pinned = _pinned_counts(data, modalities, padding, batch_size)
-    audit["verdicts_confirmed"] = disagreements == 0
+    audit["verdicts_confirmed"] = tally.disagreements == 0
     cost["seconds"] = time.perf_counter() - started
-    evaluation = Evaluation(protocol, labels.numpy(), clean, robust, audit, cost, surrogate is not None,
-                            disagreements, targets, cells=per_cell, pinned=pinned)
+    evaluation = Evaluation(protocol, labels.numpy(), clean, tally.robust, audit, cost, surrogate is not None,
+                            tally.disagreements, targets, cells=tally.cells, pinned=pinned)
     if protocol.adaptive:
-        evaluation.indicators = _indicators(evaluation, cells, diagnosis)
+        evaluation.indicators = _indicators(evaluation, cells, tally.diagnosis)
     return evaluation
+
+
+# -- the plumbing of evaluate ----------------------------------------------------------------------------
+
+@dataclass
+class _CellOutcome:
+    robust: np.ndarray  # (n,) bool: robust in this cell (not attacked: False)
+    checks: np.ndarray  # CHECKS
+    cost: np.ndarray  # gradient passes, forward passes, seconds
+    diagnosis: np.ndarray  # DIAGNOSIS
+
+
+def _start_store(store: Outcomes, labels: np.ndarray, clean: np.ndarray) -> None:
+    if "clean" in store and not np.array_equal(store["clean"], clean):
+        log.warning("the stored clean outcomes differ from this model's (another device or thread count?); "
+                    "evaluating every cell afresh")
+        store.clear()
+    store["labels"], store["clean"] = labels, clean
+
+
+def _stored(store: Outcomes, key: str) -> _CellOutcome | None:
+    """A finished cell from the store (one stored before costs were kept has zero cost and diagnosis)."""
+    robust, checks = store.get(key), store.get(f"{key}#checks")
+    if robust is None or checks is None:
+        return None
+    return _CellOutcome(robust, checks, np.asarray(store.get(f"{key}#cost", np.zeros(3)), dtype=np.float64),
+                        np.asarray(store.get(f"{key}#diagnosis", np.zeros(len(DIAGNOSIS))), dtype=np.int64))
+
+
+def _keep(store: Outcomes, key: str, outcome: _CellOutcome) -> None:
+    # Side entries first: a cell counts as done only once its outcomes follow.
+    store[f"{key}#cost"] = outcome.cost
+    store[f"{key}#diagnosis"] = outcome.diagnosis
+    store[f"{key}#checks"] = outcome.checks
+    store[key] = outcome.robust
+
+
+class _Tally:
+    """What the cells add up to: outcomes per column and target (cumulative in a cascade), checks, cost."""
+
+    def __init__(self, clean: np.ndarray, cascade: bool, audit: dict[str, bool], cost: dict[str, float]) -> None:
+        self.clean, self.cascade, self.audit, self.cost = clean, cascade, audit, cost
+        self.robust: dict[str, dict[str, np.ndarray]] = {}
+        self.alive: dict[str, np.ndarray] = {}  # per target: robust after every cell so far
+        self.cells: dict[str, dict[str, float]] = {}
+        self.diagnosis = {name: 0 for name in DIAGNOSIS}
+        self.disagreements = 0
+
+    def candidates(self, code: str) -> np.ndarray:
+        """The samples a cell on target ``code`` attacks: all, or in a cascade those still robust."""
+        if not self.cascade:
+            return np.arange(len(self.clean))
+        return np.flatnonzero(self.alive.get(code, self.clean))
+
+    def add(self, cell: Cell, code: str, outcome: _CellOutcome, first: bool) -> None:
+        robust = outcome.robust
+        if self.cascade:
+            robust = self.alive[code] = robust & self.alive.get(code, self.clean)
+        self.robust.setdefault(cell.key, {})[code] = robust
+        checked = dict(zip(CHECKS, outcome.checks.tolist()))
+        for name in CHECKS[:2]:
+            self.audit[name] = self.audit.get(name, True) and bool(checked[name])
+        self.disagreements += int(checked["disagreements"])
+        self.cells[f"{cell.key}/{code}"] = dict(zip(("gradient_passes", "forward_passes", "seconds"),
+                                                    outcome.cost.tolist()))
+        self.cost["gradient_passes"] += int(outcome.cost[0])
+        self.cost["forward_passes"] += int(outcome.cost[1])
+        if first:  # the indicators' gradient and loss checks read the first attack, on every target
+            for name, count in zip(DIAGNOSIS, outcome.diagnosis.tolist()):
+                self.diagnosis[name] += count
+
+
+@contextlib.contextmanager
+def _progress(total: int, shown: bool):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, disable=None if shown else True, unit="clip", desc="evaluating", dynamic_ncols=True,
+               leave=False)
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 def _cells(protocol: Protocol, views: Mapping[str, nn.Module], deterministic: bool,
@@ -477,14 +525,6 @@ def _indicators(evaluation: Evaluation, cells: Sequence[Cell], diagnosis: Mappin
         "transfer_not_better": broken_by(lambda c: c.against == "transfer") <= allowed if transfer else None,
         "verdicts_confirmed": evaluation.disagreements == 0,
     }
-
-
-@dataclass
-class _CellOutcome:
-    robust: np.ndarray  # (n,) bool
-    checks: np.ndarray  # CHECKS
-    cost: np.ndarray  # gradient passes, forward passes, seconds
-    diagnosis: np.ndarray  # DIAGNOSIS
 
 
 def _attack_cell(model, attacked, cell, surrogate, targets, data, candidates, modalities, protocol, clean_logits,
@@ -638,21 +678,22 @@ def _clean_logits(model: nn.Module, data: Split, modalities, batch_size: int, de
 
 
 class _frozen_eval:
-    """Eval mode and no parameter gradients for the duration; both restored after."""
+    """Eval mode and no parameter gradients for the duration, for every module given (None skipped);
+    each module's mode and flags restored after."""
 
-    def __init__(self, model: nn.Module | None):
-        self.model = model
+    def __init__(self, *modules: nn.Module | None):
+        self.modules = [m for m in modules if m is not None]
 
     def __enter__(self):
-        if self.model is not None:
-            self.training = self.model.training
-            self.flags = [p.requires_grad for p in self.model.parameters()]
-            self.model.eval().requires_grad_(False)
+        self.saved = []
+        for module in self.modules:  # shared parameters: the first save holds their original flags
+            self.saved.append((module, module.training, [p.requires_grad for p in module.parameters()]))
+            module.eval().requires_grad_(False)
 
     def __exit__(self, *exc):
-        if self.model is not None:
-            self.model.train(self.training)
-            for p, flag in zip(self.model.parameters(), self.flags):
+        for module, training, flags in reversed(self.saved):
+            module.train(training)
+            for p, flag in zip(module.parameters(), flags):
                 p.requires_grad_(flag)
 
 

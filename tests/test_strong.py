@@ -17,7 +17,8 @@ from torch import nn
 from mmrobust.datasets.base import SKELETON, Split, absent_people
 from mmrobust.defense import Defense, adaptive_views, build_defense, defend
 from mmrobust.presets import PRESETS, build_model
-from mmrobust.protocol import (INDICATORS, STANDARD_V1, STRONG_V1, AttackSetting, Protocol, evaluate, get_protocol)
+from mmrobust.protocol import INDICATORS, STANDARD_V1, STRONG_V1, AttackSetting, evaluate, get_protocol
+from test_sweep import one_epoch_dataset  # noqa: F401  (a fixture)
 
 CLASSES = 4
 SHAPES = {"rgb": (3, 2, 4, 4), "skeleton": (3, 4, 5, 2)}
@@ -276,3 +277,67 @@ def test_no_protocol_conjures_a_ghost_body(protocol):
     # Without the rule the same attacks break it through the empty slot: the test can fail.
     unpinned = evaluate(GhostReader(), data, protocol, batch_size=8)
     assert not unpinned.robust[protocol.attacks[-1].key]["S"].all()
+
+
+# -- the commands ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def quick_strong(monkeypatch):
+    """strong-v1 under its own name with QUICK's iterations and queries, for the commands."""
+    import mmrobust.protocol as protocol_module
+
+    monkeypatch.setitem(protocol_module.PROTOCOLS, "strong-v1", dataclasses.replace(QUICK, name="strong-v1"))
+
+
+def test_sweep_evaluates_under_strong_v1_with_transfer_and_tables_both_protocols(tmp_path, one_epoch_dataset,
+                                                                                   quick_strong):
+    import json
+
+    from click.testing import CliRunner
+
+    from mmrobust.cli import cli
+
+    args = ["sweep", "--dataset", one_epoch_dataset, "--defenses", "none,exfmem", "--device", "cpu", "--quiet",
+            "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "boards"), "--protocols", "strong-v1"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    board = tmp_path / "boards" / one_epoch_dataset
+    assert {"exfmem-tiny-s0.strong-v1.json", "exfmem-tiny-s0.strong-v1.outcomes.npz",
+            "none-tiny-s0.strong-v1.json"} <= {p.name for p in (board / "records").iterdir()}
+    record = json.loads((board / "records" / "exfmem-tiny-s0.strong-v1.json").read_text())
+    run = tmp_path / "runs" / one_epoch_dataset
+    assert record["protocol"] == "strong-v1" and record["flags"]["adaptive"] == ["bpda", "transfer"]
+    assert record["flags"]["transfer_source"] == (run / "none-tiny-s0").as_posix()
+    assert set(record["flags"]["indicators"]) == set(INDICATORS)
+    assert record["flags"]["indicators"]["transfer_not_better"] is not None
+    assert list(record["metrics"]["attacks"]) == ["apgd-ce", "apgd-t", "apgd-ce@bpda", "apgd-ce@transfer", "square",
+                                                  "worst"]
+    cells = record["evaluation"]["cells"]
+    assert set(cells) == {f"{a}/{t}" for a in list(record["metrics"]["attacks"])[:-1] for t in ("R", "S", "RS")}
+    assert record["evaluation"]["pinned"]["skeleton"]["entries"] == 0  # one actor, always tracked
+    none = json.loads((board / "records" / "none-tiny-s0.strong-v1.json").read_text())
+    assert none["flags"]["transfer_source"] is None and none["flags"]["indicators"]["transfer_not_better"] is None
+    strong_table = (board / "strong-v1.md").read_text()
+    assert "pointwise worst case" in strong_table and "| exfmem" in strong_table
+    standard_table = (board / "standard-v1.md").read_text()
+    assert "strong-v1 Avg" in standard_table and "Kept %" in standard_table
+
+    # eval prints the worst case of both protocols; the record is rewritten from the stored outcomes
+    again = CliRunner().invoke(cli, ["eval", "--run-dir", str(run / "exfmem-tiny-s0"), "--protocol", "strong-v1",
+                                     "--quiet"])
+    assert again.exit_code == 0, again.output
+    assert "worst case, standard-v1 -> strong-v1: ✗R" in again.output and "attack-failure indicators" in again.output
+    wrong = CliRunner().invoke(cli, ["eval", "--run-dir", str(run / "exfmem-tiny-s0"), "--protocol", "strong-v2"])
+    assert wrong.exit_code != 0 and "did you mean 'strong-v1'" in wrong.output
+
+
+def test_a_flagged_record_is_shown_as_such():
+    from mmrobust.leaderboard import _flags, record_table
+    from mmrobust.results import Record
+
+    metrics = {"clean": 90.0, "n": 10, "attacks": {"square": {"R": 50.0, "avg": 50.0, "ri": None}}}
+    record = Record(dataset="d", defense="x", protocol="strong-v1", metrics=metrics,
+                    flags={"indicators": {**{k: True for k in INDICATORS}, "black_box_not_better": False}})
+    assert "attack-failure!(black_box_not_better)" in _flags(record, None)
+    assert "ATTACK FAILURE indicated (black_box_not_better)" in record_table(record)
