@@ -8,7 +8,8 @@ labelled with the canary model's own predictions (so that every one of them
 is attacked, and in two chunks, so that sample ids differ from positions), and
 keeps the SHA-256 of the weights and of the per-sample outcomes and checks.
 Once per dataset it also digests every attack cell's adversarial examples on
-the ``none`` canary, with every sample attacked for all its steps.
+the ``none`` canary, with every sample attacked for all its steps: those of
+standard-v1 as they are, those of strong-v1 at a canary's budget.
 
 ``mmrobust sweep`` writes ``leaderboards/<dataset>/canary.json`` together with
 the records, including each record file's digest; the test suite recomputes
@@ -47,7 +48,7 @@ from mmrobust.config import RunConfig
 from mmrobust.datasets.base import Split
 from mmrobust.defense import TrainContext, reference_defense
 from mmrobust.files import write_json
-from mmrobust.protocol import STANDARD_V1, Protocol, evaluate, target_sets
+from mmrobust.protocol import STANDARD_V1, STRONG_V1, Protocol, evaluate, target_sets
 from mmrobust.registry import ATTACKS
 from mmrobust.results import RecordError, model_digest
 from mmrobust.run import prepare
@@ -109,8 +110,12 @@ def defense_canary(defense: str, dataset: str = "synthetic", preset: str = "tiny
     return {"weights": model_digest(exp.model), "outcomes": _digest_arrays(decided)}, (exp, testset)
 
 
-def attack_canary(exp: Any, testset: Any, protocol: Protocol = STANDARD_V1) -> dict[str, str]:
-    """Every protocol cell's adversarial examples on ``exp.model``, every sample attacked for all steps."""
+def attack_canary(exp: Any, testset: Any, protocols: Sequence[Protocol] = (STANDARD_V1, STRONG_V1)) -> dict[str, str]:
+    """Every protocol cell's adversarial examples on ``exp.model``, every sample attacked for all steps.
+
+    Cells are ``<attack>/<target>`` for standard-v1 and ``<protocol>:<attack>/<target>`` for the others,
+    whose attacks run at a canary's budget (:func:`canary_budget`).
+    """
     modalities = exp.config.modalities
     batch = testset.batch(np.arange(len(testset)), modalities)
     labels = batch["label"]
@@ -118,17 +123,32 @@ def attack_canary(exp: Any, testset: Any, protocol: Protocol = STANDARD_V1) -> d
     digests = {}
     model = exp.model.eval()
     with _one_thread():
-        for setting in protocol.attacks:
-            params = dict(setting.params)
-            if "early_stop" in {f.name for f in dataclasses.fields(ATTACKS.get(setting.attack).Params)}:
-                params["early_stop"] = False
-            attack = build_attack(setting.attack, **params)
-            for code, targets in target_sets(modalities, exp.data.codes).items():
-                result = attack(model, batch, targets, protocol.eps, clean_logits=every_sample,
-                                starts=RandomStarts.numbered(len(labels), protocol.seed))
-                digests[f"{setting.key}/{code}"] = _digest_arrays(
-                    {m: result.batch[m].numpy() for m in targets} | {"fooled": result.fooled.numpy()})
+        for protocol in protocols:
+            prefix = "" if protocol.name == STANDARD_V1.name else f"{protocol.name}:"
+            for setting in protocol.attacks:
+                params = dict(setting.params)
+                if prefix:
+                    params = canary_budget(params)
+                if "early_stop" in {f.name for f in dataclasses.fields(ATTACKS.get(setting.attack).Params)}:
+                    params["early_stop"] = False
+                attack = build_attack(setting.attack, **params)
+                for code, targets in target_sets(modalities, exp.data.codes).items():
+                    result = attack(model, batch, targets, protocol.eps, clean_logits=every_sample,
+                                    starts=RandomStarts.numbered(len(labels), protocol.seed))
+                    digests[f"{prefix}{setting.key}/{code}"] = _digest_arrays(
+                        {m: result.batch[m].numpy() for m in targets} | {"fooled": result.fooled.numpy()})
     return digests
+
+
+def canary_budget(params: Mapping[str, Any]) -> dict[str, Any]:
+    """An attack's parameters with at most 10 iterations and 100 queries: the same code in seconds (a
+    change of the settings themselves shows in the records' ``protocol_settings``, which the tests compare
+    with the protocol's)."""
+    budget = dict(params)
+    for name, most in (("steps", 10), ("queries", 100)):
+        if name in budget:
+            budget[name] = min(budget[name], most)
+    return budget
 
 
 def compute(defenses: Sequence[str], dataset: str = "synthetic", preset: str = "tiny") -> dict[str, Any]:

@@ -252,7 +252,7 @@ def eval_(run_dir: str, protocol: str | None, eps: str | None, attacks: str | No
 @cli.command(name="list")
 @click.argument("kind", required=False, type=click.Choice(sorted(REGISTRIES)))
 def list_(kind: str | None) -> None:
-    """Print what is registered: datasets, backbones, defenses, attacks.
+    """Print what is registered: datasets, backbones, defenses, attacks; then presets and protocols.
 
     \b
     Examples:
@@ -286,6 +286,16 @@ def list_(kind: str | None) -> None:
         for preset in PRESETS.values():
             click.echo(f"  {preset.name:<16} rgb {preset.rgb_frames}x{preset.rgb_size}x{preset.rgb_size}, "
                        f"skeleton {preset.skeleton_frames} frames")
+        from fractions import Fraction
+
+        from mmrobust.protocol import PROTOCOLS
+
+        click.echo("protocols:")
+        for protocol in PROTOCOLS.values():
+            kind = "cascade, adaptive" if protocol.cascade and protocol.adaptive else "every attack on every sample"
+            eps = Fraction(protocol.eps).limit_denominator(1000)
+            click.echo(f"  {protocol.name:<16} eps {eps}; "
+                       f"{', '.join(a.key for a in protocol.attacks)} ({kind})")
 
 
 # -- model-info -----------------------------------------------------------------

@@ -17,21 +17,31 @@ import pytest
 
 from mmrobust import canary
 from mmrobust.leaderboard import build_table, load_records, render
+from mmrobust.protocol import get_protocol
 from mmrobust.registry import DEFENSES
 
 BOARD = Path(__file__).resolve().parent.parent / "leaderboards" / "synthetic"
-REGENERATE = "run `mmrobust sweep --dataset synthetic --runs <fresh folder>` to regenerate leaderboards/synthetic"
+REGENERATE = ("run `mmrobust sweep --dataset synthetic --protocols strong-v1 --runs <fresh folder>` to regenerate "
+              "leaderboards/synthetic")
 ADD = "python -m mmrobust.canary leaderboards/synthetic"
 
 pytestmark = pytest.mark.skipif(not (BOARD / "records").is_dir(), reason="no committed synthetic records")
 
 
+@pytest.mark.parametrize("protocol", ["standard-v1", "strong-v1"])
 @pytest.mark.parametrize("fmt", ["md", "csv", "html"])
-def test_committed_leaderboard_regenerates_identically(fmt, monkeypatch):
+def test_committed_leaderboard_regenerates_identically(fmt, protocol, monkeypatch):
     monkeypatch.chdir(BOARD.parent.parent)  # record paths are stored relative to the repository
-    table = build_table(load_records([Path("leaderboards/synthetic/records")], strict=True), "synthetic")
-    assert render(table, fmt) == (BOARD / f"standard-v1.{fmt}").read_text()
+    records = load_records([Path("leaderboards/synthetic/records")], strict=True)
+    table = build_table(records, "synthetic", protocol=protocol)
+    assert render(table, fmt) == (BOARD / f"{protocol}.{fmt}").read_text()
     assert set(DEFENSES.names()) <= set(table["defense"])
+
+
+def test_committed_records_were_made_under_the_protocols_as_they_are():
+    for record in load_records([BOARD / "records"], strict=True):
+        assert record.protocol_settings == get_protocol(record.protocol).settings(), \
+            f"{record.path}: {record.protocol} has changed since; {REGENERATE}"
 
 
 def test_records_are_the_ones_the_canary_was_written_with():
