@@ -11,7 +11,7 @@ from torch import nn
 
 from mmrobust.datasets.base import RGB, SKELETON, DatasetBundle, Split
 from mmrobust.metrics import robust_metrics
-from mmrobust.protocol import Protocol, evaluate as run_protocol, get_protocol
+from mmrobust.protocol import Protocol, evaluate as run_protocol, get_protocol, ordering_checks
 
 
 def evaluate(model: nn.Module, data: DatasetBundle | Split | Mapping[str, Any],
@@ -35,6 +35,12 @@ def evaluate(model: nn.Module, data: DatasetBundle | Split | Mapping[str, Any],
             (name -> module); their examples are judged on ``model``.
         transfer: ``strong-v1``: an undefended model of the same data whose
             examples are judged on ``model`` (the transfer indicator).
+
+    Checks, before any attack: every modality finite and in [0, 1] (else ValueError naming it and its
+    range) and the model's clean logits finite (else ValueError); the returned flags are those of a
+    record: sanity checks (deterministic forward, finite non-zero gradients, a huge ε breaks the model,
+    budgets kept, untargeted inputs untouched, verdicts confirmed, PGD ≤ FGSM, ✗RS ≤ min) and, under
+    strong-v1, the attack-failure indicators.
 
     Returns:
         ``{"clean": ..., "clean_ci": ..., "n": ..., "attacks": {"fgsm": {"R": ..., ...}, ...},
@@ -64,9 +70,27 @@ def evaluate(model: nn.Module, data: DatasetBundle | Split | Mapping[str, Any],
         parameter = next(model.parameters(), None)
         device = parameter.device if parameter is not None else "cpu"
     modalities = getattr(model, "modalities", None) or split.modalities
+    _check_inputs(split, modalities)
     evaluation = run_protocol(model, split, protocol, modalities=modalities, batch_size=batch_size, device=device,
                               surrogate=surrogate, views=views, transfer=transfer, padding=padding,
                               progress=progress)
     metrics = robust_metrics(evaluation.clean, evaluation.robust)
-    metrics["flags"] = {"sanity": evaluation.audit, "indicators": evaluation.indicators}
+    checks = ordering_checks(protocol, metrics, evaluation.targets, len(evaluation.labels))
+    metrics["flags"] = {"sanity": {**evaluation.audit, **checks}, "indicators": evaluation.indicators}
     return metrics
+
+
+def _check_inputs(split: Split, modalities) -> None:
+    """Every modality finite and inside [0, 1], where the attacks' budgets and clamps are defined."""
+    for m in modalities:
+        if m not in split.arrays:
+            raise ValueError(f"the data has no modality {m!r} (it has {', '.join(split.modalities)})")
+        values = np.asarray(split.arrays[m])
+        if values.dtype == np.uint8:
+            raise ValueError(f"modality {m!r} is uint8 (0-255); pass floats in [0, 1]")
+        if not np.isfinite(values).all():
+            raise ValueError(f"modality {m!r} holds non-finite values; inputs must be finite, in [0, 1]")
+        low, high = float(values.min()), float(values.max())
+        if low < 0.0 or high > 1.0:
+            raise ValueError(f"modality {m!r} spans [{low:g}, {high:g}]; inputs must lie in [0, 1] (attack budgets "
+                             "are fractions of that range: scale RGB by 1/255, map skeletons as the datasets do)")

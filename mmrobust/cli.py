@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from mmrobust.config import RunConfig
+from mmrobust.files import DiskFullError, FolderInUseError
 from mmrobust.registry import COMMANDS, REGISTRIES, DuplicateNameError, RegistryLoadError, UnknownNameError
 
 if TYPE_CHECKING:
     from mmrobust.results import Record
 
-USER_ERRORS = (ValueError, FileNotFoundError, UnknownNameError, NotADirectoryError, PermissionError, RegistryLoadError)
+USER_ERRORS = (ValueError, FileNotFoundError, UnknownNameError, NotADirectoryError, PermissionError, RegistryLoadError,
+               FolderInUseError, DiskFullError)
 
 
 def _parse_value(text: str) -> Any:
@@ -154,7 +156,7 @@ def run(ctx: click.Context, modalities: str | None, defense_params: tuple[str, .
       mmrobust run --config run.toml --epochs 5
       mmrobust run --run-dir runs/x --resume                # continue a killed run
     """
-    from mmrobust.run import check_run_dir, default_run_dir, execute, resume_config, resume_state
+    from mmrobust.run import check_run_dir, default_run_dir, execute, resume_config, resume_state, validate
 
     explicit = {option: value for option, value in flags.items()
                 if ctx.get_parameter_source(option) is not click.core.ParameterSource.DEFAULT}
@@ -167,8 +169,12 @@ def run(ctx: click.Context, modalities: str | None, defense_params: tuple[str, .
     if attacks is not None:
         explicit["attacks"] = _names_option(attacks)
 
+    for option in ("root", "data_dir"):  # stored absolute: the run's config must work from any folder
+        if explicit.get(option) is not None:
+            explicit[option] = str(Path(explicit[option]).expanduser().absolute())
     base = RunConfig.from_toml(config_file) if config_file else RunConfig()
     config = RunConfig.from_dict({**base.to_dict(), **explicit})
+    validate(config)
     directory = Path(run_dir) if run_dir else default_run_dir(config)
 
     state = None
@@ -192,6 +198,14 @@ def _report(record: Record) -> None:
     if record.path is not None and record.protocol != "standard-v1":
         click.echo(_beside_standard(record))
     click.echo(f"record: {record.path}")
+
+
+def _closest(name: str, known: list[str]) -> str:
+    """'did you mean X? available: ...' for an unknown name."""
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+    return (f"did you mean {close[0]!r}? " if close else "") + f"available: {', '.join(known)}"
 
 
 def _beside_standard(record: "Record") -> str:
@@ -398,14 +412,22 @@ def leaderboard(dataset: str | None, protocol: str, attack: str, fmt: str, sourc
         records = load_records(paths)
     for warning in caught:
         click.echo(f"warning: {warning.message}", err=True)
-    datasets = [dataset] if dataset else sorted({r.dataset for r in records if r.protocol == protocol})
-    if not datasets:
+    available = sorted({r.dataset for r in records if r.protocol == protocol})
+    if not available:
         raise click.ClickException(f"no {protocol} records found under {', '.join(map(str, paths)) or 'runs/'}; "
                                    "run `mmrobust run` first")
-    for name in datasets:
-        table = build_table(records, name, protocol=protocol, attack=attack)
-        if table.empty:
-            raise click.ClickException(f"no {protocol} records for dataset {name!r}")
+    if dataset is not None and dataset not in available:
+        raise click.ClickException(f"no {protocol} records for dataset {dataset!r}; {_closest(dataset, available)}")
+    datasets = [dataset] if dataset else available
+    tables = {}
+    for name in datasets:  # every table is built (and --attack checked) before any file is written
+        chosen = [r for r in records if r.dataset == name and r.protocol == protocol]
+        attacks = sorted({key for r in chosen for key in r.metrics["attacks"]})
+        if attack is not None and attack not in attacks:
+            raise click.ClickException(f"no record of {name} under {protocol} has attack {attack!r}; "
+                                       f"{_closest(attack, attacks)}")
+        tables[name] = build_table(records, name, protocol=protocol, attack=attack)
+    for name, table in tables.items():
         written = write_leaderboard(table, out, name, protocol)
         click.echo(render(table, fmt))
         click.echo(f"wrote {', '.join(str(p) for p in written)}", err=True)

@@ -102,5 +102,8 @@ class RunConfig:
         nested = [k for k, v in values.items() if isinstance(v, dict) and k != "defense_params"]
         if nested:
             raise ValueError(f"{path}: tables are not allowed (flat keys only), found [{nested[0]}]")
+        for key in ("root", "data_dir"):  # stored absolute, so the saved config works from any folder
+            if isinstance(values.get(key), str):
+                values[key] = str(Path(values[key]).expanduser().absolute())
         return cls.from_dict(values, source=str(path))
 

@@ -339,7 +339,8 @@ def evaluate(model: nn.Module, data: Split, protocol: Protocol = STANDARD_V1, *,
             values.
 
     Raises:
-        ValueError: ``views`` or ``transfer`` with a protocol that is not adaptive.
+        ValueError: ``views`` or ``transfer`` with a protocol that is not adaptive; non-finite clean
+            logits; an attack that cannot run on the model's number of classes.
     """
     device = torch.device(device)
     modalities = tuple(modalities or getattr(model, "modalities", ()) or data.modalities)
@@ -357,6 +358,10 @@ def evaluate(model: nn.Module, data: Split, protocol: Protocol = STANDARD_V1, *,
 
     with _frozen_eval(model, surrogate, transfer, *views.values()):
         clean_logits, labels = _clean_logits(model, data, modalities, batch_size, device)
+        if not torch.isfinite(clean_logits).all():
+            bad = int((~torch.isfinite(clean_logits)).any(dim=1).sum())
+            raise ValueError(f"the model returns non-finite logits for {bad} of {len(labels)} clean samples; "
+                             "no accuracy can be measured on them")
         clean = (clean_logits.argmax(1) == labels).numpy()
         _start_store(store, labels.numpy(), clean)
         surrogate_logits = (_clean_logits(surrogate, data, modalities, batch_size, device)[0]

@@ -118,6 +118,17 @@ class Record:
         unknown = sorted(set(data) - known)
         if unknown:
             raise RecordError(f"{where}: unknown record field {unknown[0]!r}")
+        for key in ("dataset", "defense", "protocol"):
+            if not isinstance(data[key], str):
+                raise RecordError(f"{where}: {key!r} should be a string, found {type(data[key]).__name__}")
+        for key in ("metrics", "config", "flags", "evaluation", "data", "provenance"):
+            if key in data and not isinstance(data[key], dict):
+                raise RecordError(f"{where}: {key!r} should be a table, found {type(data[key]).__name__}")
+        metrics = data["metrics"]
+        attacks = metrics.get("attacks")
+        if (isinstance(metrics.get("clean"), bool) or not isinstance(metrics.get("clean"), (int, float))
+                or not isinstance(attacks, dict) or not all(isinstance(v, dict) for v in attacks.values())):
+            raise RecordError(f"{where}: 'metrics' is malformed (it needs a clean accuracy and a table per attack)")
         values = dict(data)
         values["modalities"] = tuple(values.get("modalities") or ())
         return cls(**values, path=path)

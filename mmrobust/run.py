@@ -9,10 +9,13 @@ previous one's output.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ from mmrobust.config import RunConfig
 from mmrobust.datasets.base import Dataset, DatasetBundle
 from mmrobust import runtime
 from mmrobust.defense import Defense, TrainContext, adaptive_views, build_defense, defend, reference_defense
-from mmrobust.files import write_json
+from mmrobust.files import LOCK_FILE, exclusive, write_json
 from mmrobust.metrics import fill_ri, robust_metrics
 from mmrobust.model import MultimodalNet, unimodal_modalities
 from mmrobust.presets import get_preset, model_for
@@ -31,7 +34,8 @@ from mmrobust.protocol import STANDARD_V1, Protocol, evaluate, get_protocol, ord
 from mmrobust.registry import DATASETS
 from mmrobust.results import (OutcomeStore, Record, RecordError, device_name, find_reference,
                               outcome_key, provenance, records_beside, save_torch)
-from mmrobust.training import CHECKPOINT_FORMAT, load_checkpoint, load_model_state, resolve_device, train
+from mmrobust.training import (CHECKPOINT_FORMAT, check_resume_state, load_checkpoint, load_model_state,
+                               resolve_device, train)
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +103,46 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
                           "writable directory)")
 
 
-def make_run_dir(run_dir: Path) -> None:
+@contextlib.contextmanager
+def holding(run_dir: Path, *, fresh: bool) -> Iterator[None]:
+    """Hold ``run_dir`` for one run or evaluation (:func:`mmrobust.files.exclusive`; a second process gets a
+    one-line error naming this one). A ``fresh`` run refuses a folder that holds a run, checked under the
+    lock. A folder created here that is left with nothing but the lock (the work failed before writing
+    anything) is removed again."""
+    created = not run_dir.exists()
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise RunDirError(f"run directory {run_dir} cannot be created ({error.strerror})") from None
+        with exclusive(run_dir, "run directory"):
+            if fresh and (run_dir / "checkpoint.pt").exists():
+                raise RunDirError(f"run directory {run_dir} already holds a run; pass --resume to continue it "
+                                  "or choose another --run-dir")
+            yield
+    finally:
+        if created and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {LOCK_FILE}:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def validate(config: RunConfig) -> Protocol:
+    """Check what can be checked before any data is loaded: device, defense and its parameters, protocol,
+    ε and attacks. Returns the protocol."""
+    resolve_device(config.device)
+    build_defense(config.defense, config.defense_params)
+    protocol = get_protocol(config.protocol, eps=config.eps, attacks=config.attacks)
+    for setting in protocol.attacks:
+        setting.build()
+    return protocol
+
+
+def check_record_free(path: Path) -> None:
+    """Refuse to overwrite a record this version cannot read (a newer schema, not a record at all): it is
+    left as it is, for the user to move away."""
+    if not path.exists():
+        return
+    try:
+        Record.load(path)
+    except RecordError as error:
+        if "older than" in str(error):
+            return  # an older record is rewritten; that is what the message of Record.load suggests
+        raise RecordError(f"{error}; it is left as it is: move it away to write a new record there") from None
 
 
 def record_name(protocol: str) -> str:
@@ -115,22 +154,26 @@ def execute(config: RunConfig, run_dir: Path, *, resume: dict[str, Any] | None =
             after_epoch=None) -> Record:
     """Train (or continue training), evaluate, and write the result record."""
     started = time.perf_counter()
+    protocol = validate(config)  # before any data is loaded
+    check_record_free(run_dir / record_name(protocol.name))
     exp = prepare(config, progress)
     config = exp.config
-    protocol = get_protocol(config.protocol, eps=config.eps, attacks=config.attacks)  # fail before training
-    for setting in protocol.attacks:
+    for setting in protocol.attacks:  # before training
         setting.build().check_classes(exp.data.num_classes)
-    make_run_dir(run_dir)
-    write_json(run_dir / "config.json", config.to_dict())
     if resume is not None:
-        load_model_state(exp.model, resume, run_dir / "checkpoint.pt")
-    result = train(exp.model, exp.defense, exp.data.train, config, config.epochs, run_dir, device=exp.device,
-                   resume=resume, progress=progress, after_epoch=after_epoch)
-    exp.defense.after_training(exp.model, exp.data.train, TrainContext(device=exp.device, modalities=config.modalities))
-    save_final_model(exp.model, config, run_dir)
-    training = {"epochs": config.epochs, "final_loss": result.history[-1]["loss"] if result.history else None,
-                "seconds": result.seconds}
-    return evaluate_experiment(exp, run_dir, protocol, training=training, started=started, progress=progress)
+        check_resume_state(resume, run_dir / "checkpoint.pt", config.epochs)
+    with holding(run_dir, fresh=resume is None):
+        write_json(run_dir / "config.json", config.to_dict())
+        if resume is not None:
+            load_model_state(exp.model, resume, run_dir / "checkpoint.pt")
+        result = train(exp.model, exp.defense, exp.data.train, config, config.epochs, run_dir, device=exp.device,
+                       resume=resume, progress=progress, after_epoch=after_epoch)
+        exp.defense.after_training(exp.model, exp.data.train,
+                                   TrainContext(device=exp.device, modalities=config.modalities))
+        save_final_model(exp.model, config, run_dir)
+        training = {"epochs": config.epochs, "final_loss": result.history[-1]["loss"] if result.history else None,
+                    "seconds": result.seconds}
+        return evaluate_experiment(exp, run_dir, protocol, training=training, started=started, progress=progress)
 
 
 def save_final_model(model: torch.nn.Module, config: RunConfig, run_dir: Path) -> None:
@@ -251,8 +294,12 @@ def reevaluate(run_dir: Path, *, protocol: str | None = None, eps: float | None 
     if protocol is not None:  # another protocol: the run's own ε and attack list do not carry over
         exp.config = exp.config.replace(protocol=protocol, eps=eps, attacks=attacks or ())
     protocol = get_protocol(exp.config.protocol, eps=exp.config.eps, attacks=exp.config.attacks)
+    for setting in protocol.attacks:
+        setting.build().check_classes(exp.data.num_classes)
+    check_record_free(run_dir / record_name(protocol.name))
     training = _training_summary(run_dir)
-    return evaluate_experiment(exp, run_dir, protocol, training=training, started=started, progress=progress)
+    with holding(run_dir, fresh=False):
+        return evaluate_experiment(exp, run_dir, protocol, training=training, started=started, progress=progress)
 
 
 def _training_summary(run_dir: Path) -> dict[str, Any] | None:
@@ -278,8 +325,11 @@ def resume_config(state: dict[str, Any], explicit: dict[str, Any], device: str) 
 
 
 def resume_state(run_dir: Path, checkpoint: str | None) -> dict[str, Any]:
-    """The checkpoint a ``--resume`` points at (default: the run directory's)."""
-    return load_checkpoint(Path(checkpoint) if checkpoint else run_dir / "checkpoint.pt")
+    """The checkpoint a ``--resume`` points at (default: the run directory's), checked whole."""
+    path = Path(checkpoint) if checkpoint else run_dir / "checkpoint.pt"
+    state = load_checkpoint(path)
+    check_resume_state(state, path)
+    return state
 
 
 # -- reproduce ---------------------------------------------------------------------

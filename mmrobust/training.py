@@ -45,9 +45,17 @@ class TrainResult:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device ``name`` stands for ("auto": CUDA when there is one, else the CPU).
+
+    Raises:
+        ValueError: a name torch does not know, or CUDA asked for where there is none.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available here; use --device cpu or auto")
     return device
@@ -67,12 +75,50 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+#: What a checkpoint must hold to continue a run, and of which type.
+RESUME_FIELDS = {"config": dict, "epoch": int, "epochs": int, "model": dict, "optimizer": dict, "scheduler": dict,
+                 "rng": torch.Tensor}
+
+
+def check_resume_state(state: dict[str, Any], path: str | Path, epochs: int | None = None) -> None:
+    """Raise CheckpointError naming the field unless ``state`` has every field a resume needs, each of its
+    type, a CPU RNG state of bytes, and 0 ≤ epoch ≤ epochs (its own, and ``epochs`` if given)."""
+    for name, kind in RESUME_FIELDS.items():
+        value = state.get(name)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            found = "nothing" if value is None else type(value).__name__
+            raise CheckpointError(f"checkpoint {path} cannot be resumed: its {name!r} should be a "
+                                  f"{kind.__name__}, found {found}")
+    if state["rng"].dtype != torch.uint8 or state["rng"].dim() != 1:
+        raise CheckpointError(f"checkpoint {path} cannot be resumed: its 'rng' is not a CPU RNG state "
+                              f"(uint8 bytes), found {state['rng'].dtype} {tuple(state['rng'].shape)}")
+    limit = state["epochs"] if epochs is None else min(state["epochs"], epochs)
+    if not 0 <= state["epoch"] <= limit:
+        raise CheckpointError(f"checkpoint {path} cannot be resumed: it says epoch {state['epoch']} of "
+                              f"{limit}")
+
+
 def load_model_state(model: nn.Module, state: dict[str, Any], path: str | Path) -> None:
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()[0]
-        raise CheckpointError(f"checkpoint {path} does not fit this model: {first}") from None
+    """Load a checkpoint's weights; CheckpointError listing the first missing and unexpected keys (or the
+    first shape mismatch) when they do not fit."""
+    weights = state["model"]
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing, first {', '.join(missing[:3])}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected, first {', '.join(unexpected[:3])}")
+        raise CheckpointError(f"checkpoint {path} does not fit this model (another defense or preset?): "
+                              f"keys {'; '.join(parts)}")
+    for key, value in weights.items():
+        if not isinstance(value, torch.Tensor) or value.shape != expected[key].shape:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise CheckpointError(f"checkpoint {path} does not fit this model: {key} is {shape}, the model "
+                                  f"has {tuple(expected[key].shape)}")
+    model.load_state_dict(weights)
 
 
 def _read_log(path: Path, upto_epoch: int) -> list[dict[str, Any]]:

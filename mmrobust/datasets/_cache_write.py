@@ -65,7 +65,7 @@ from tqdm import tqdm
 
 from mmrobust.datasets._plan import FORMAT_VERSION, PreparePlan, raise_for_skip, run_tasks
 from mmrobust.datasets.base import DataRequest, cache_root
-from mmrobust.files import write_text
+from mmrobust.files import exclusive, write_text
 
 logger = logging.getLogger("mmrobust.datasets")
 
@@ -138,23 +138,9 @@ def read_json(path: str | os.PathLike) -> Any:
 
 # -- writing -----------------------------------------------------------------
 
-@contextlib.contextmanager
-def _exclusive(directory: Path) -> Iterator[None]:
+def _exclusive(directory: Path):
     """Refuse a second prepare writing to the same cache at the same time."""
-    try:
-        import fcntl  # noqa: PLC0415 - POSIX only
-    except ImportError:  # pragma: no cover - Windows: no lock
-        yield
-        return
-    with open(directory / ".lock", "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(f"another prepare is writing to {directory}; wait for it to finish") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return exclusive(directory, "cache")
 
 
 def _array_path(directory: Path, name: str, staged: bool = True) -> Path:
