@@ -7,6 +7,8 @@
 # CUDA wheels); torchattacks goes in with --no-deps because it declares
 # torchvision and an old requests that it never imports. pyautoattack is the
 # reference APGD of the parity tests (its APGD module imports torch only).
+# They come last: an install that resolves dependencies afterwards would report
+# torchattacks' undeclared requirements as an ERROR.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -21,9 +23,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet --no-deps torchattacks==3.5.1
-	$(BIN)/python -m pip install --quiet --no-deps pyautoattack==0.2.0
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet --no-deps torchattacks==3.5.1 pyautoattack==0.2.0
 	touch $@
 
 run: setup

@@ -88,3 +88,19 @@ def test_contribution_packages_refuse_a_non_canonical_name(folder):
     with pytest.raises(ImportError, match=f"mmrobust.{folder}"):
         spec.loader.exec_module(module)
     assert folder not in sys.modules
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_the_setup_reads_clean(tmp_path):
+    """`make setup` into a fresh venv prints no ERROR line (pip's report of torchattacks' undeclared
+    requirements) and no setuptools deprecation (the license table)."""
+    venv = tmp_path / "venv"
+    setup = subprocess.run(["make", "--no-print-directory", "setup", f"VENV={venv}", f"PYTHON={sys.executable}"],
+                           cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    output = setup.stdout + setup.stderr
+    assert setup.returncode == 0, output[-3000:]
+    assert not [line for line in output.splitlines() if line.lstrip().startswith("ERROR")], output[-3000:]
+    assert "deprecated" not in output.lower(), output[-3000:]
+    installed = subprocess.run([str(venv / "bin" / "python"), "-c", "import mmrobust, torchattacks, pyautoattack"],
+                               capture_output=True, text=True, timeout=120, check=False)
+    assert installed.returncode == 0, installed.stderr
