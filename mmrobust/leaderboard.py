@@ -71,6 +71,7 @@ FORMATS = ("md", "csv", "html")
 #: The attack a protocol's table ranks by unless told otherwise (``worst``: the pointwise worst case).
 DEFAULT_ATTACK = {"standard-v1": "pgd20", "strong-v1": WORST}
 STANDARD, STRONG = "standard-v1", "strong-v1"  # the standard-v1 table sets strong-v1's worst case beside its own
+STRONG_AVG, KEPT = "strong-v1 Avg", "Kept %"  # those columns
 
 
 class RecordWarning(UserWarning):
@@ -203,8 +204,6 @@ def columns(codes: Iterable[str], strong: bool = False) -> tuple[list[str], list
         numbers += [STRONG_AVG, KEPT]
     return ["defense", "modalities", "preset", "split", *numbers, "flags", "source", "run"], numbers
 
-
-STRONG_AVG, KEPT = "strong-v1 Avg", "Kept %"
 
 
 def _strong_twin(record: Record, candidates: Iterable[Record]) -> Record | None:

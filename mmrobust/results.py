@@ -43,6 +43,10 @@ class RecordError(ValueError):
     """A record or outcome store that cannot be used, with the file and the reason in one line."""
 
 
+class OlderRecordError(RecordError):
+    """A record of an older schema: ``mmrobust eval`` rewrites it."""
+
+
 # -- the record -------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -106,7 +110,7 @@ class Record:
             raise RecordError(f"{where}: not a result record (no integer 'schema' field)")
         if data["schema"] < SCHEMA:
             run_dir = path.parent if path is not None and is_run_record(path.name) else "DIR"
-            raise RecordError(f"{where}: record schema {data['schema']} is older than {SCHEMA}; "
+            raise OlderRecordError(f"{where}: record schema {data['schema']} is older than {SCHEMA}; "
                               f"re-run `mmrobust eval --run-dir {run_dir}` to rewrite it")
         if data["schema"] > SCHEMA:
             raise RecordError(f"{where}: record schema {data['schema']} is newer than {SCHEMA}; "

@@ -32,7 +32,7 @@ from mmrobust.model import MultimodalNet, unimodal_modalities
 from mmrobust.presets import get_preset, model_for
 from mmrobust.protocol import STANDARD_V1, Protocol, evaluate, get_protocol, ordering_checks
 from mmrobust.registry import DATASETS
-from mmrobust.results import (OutcomeStore, Record, RecordError, device_name, find_reference,
+from mmrobust.results import (OlderRecordError, OutcomeStore, Record, RecordError, device_name, find_reference,
                               outcome_key, provenance, records_beside, save_torch)
 from mmrobust.training import (CHECKPOINT_FORMAT, check_resume_state, load_checkpoint, load_model_state,
                                resolve_device, train)
@@ -139,9 +139,9 @@ def check_record_free(path: Path) -> None:
         return
     try:
         Record.load(path)
+    except OlderRecordError:
+        return  # rewritten, as the message of Record.load suggests
     except RecordError as error:
-        if "older than" in str(error):
-            return  # an older record is rewritten; that is what the message of Record.load suggests
         raise RecordError(f"{error}; it is left as it is: move it away to write a new record there") from None
 
 
@@ -193,12 +193,12 @@ def evaluate_experiment(exp: Experiment, run_dir: Path, protocol: Protocol, *, t
     if protocol.adaptive:
         views = adaptive_views(exp.defense, exp.model)
         transfer, transfer_run = undefended_model(exp, run_dir)
-        attacked = {"views": views, "transfer": transfer}
+        also_attacked = {"views": views, "transfer": transfer}
     else:
-        attacked, transfer_run = {"surrogate": exp.defense.surrogate(exp.model)}, None
+        also_attacked, transfer_run = {"surrogate": exp.defense.surrogate(exp.model)}, None
     evaluation = evaluate(exp.model, exp.data.test, protocol, modalities=config.modalities,
                           batch_size=config.eval_batch_size, device=exp.device, store=store, codes=exp.data.codes,
-                          padding=exp.data.padding, progress=progress, **attacked)
+                          padding=exp.data.padding, progress=progress, **also_attacked)
     metrics = robust_metrics(evaluation.clean, evaluation.robust)
     flags = {"surrogate_used": evaluation.surrogate_used,
              "sanity": {**evaluation.audit,
