@@ -29,15 +29,16 @@ def _files(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
 
 
-def assert_user_error(result: Result, *needles: str) -> str:
-    """A non-zero exit with one ``Error:`` line naming ``needles``; no traceback, nothing else."""
+def assert_user_error(result: Result, *needles: str, also: tuple[str, ...] = ()) -> str:
+    """A non-zero exit with one ``Error:`` line naming ``needles``; no traceback, nothing else (but lines
+    starting with one of ``also``)."""
     assert result.exit_code != 0, result.output
     assert isinstance(result.exception, SystemExit), f"crashed: {result.exception!r}\n{result.output}"
     assert "Traceback" not in result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("Error:")]
     assert len(errors) == 1, result.output
-    assert [line for line in lines if not line.startswith(("Error:", "run directory:"))] == [], result.output
+    assert [line for line in lines if not line.startswith(("Error:", "run directory:", *also))] == [], result.output
     for needle in needles:
         assert needle in errors[0], errors[0]
     return errors[0]

@@ -29,26 +29,16 @@ from click.testing import CliRunner
 import mmrobust
 from mmrobust.cli import cli
 from mmrobust.files import DiskFullError, FolderInUseError, atomic_write, exclusive, write_json
-
-
-def assert_user_error(result, *needles: str) -> str:
-    """A non-zero exit with one ``Error:`` line naming ``needles``; no traceback. Besides it only the
-    run folder's name, click's usage hint (for a bad flag) and warnings may be printed."""
-    assert result.exit_code != 0, result.output
-    assert isinstance(result.exception, SystemExit), f"crashed: {result.exception!r}\n{result.output}"
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("Error:")]
-    assert len(errors) == 1, result.output
-    allowed = ("Error:", "run directory:", "Usage:", "Try '", "warning:")
-    assert [line for line in lines if not line.startswith(allowed)] == [], result.output
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
+from test_cli_run import assert_user_error
 
 
 def invoke(*args) -> object:
     return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def assert_one_line(result, *needles: str) -> str:
+    """:func:`assert_user_error`, with click's usage hint (a bad flag) and warnings allowed beside the error."""
+    return assert_user_error(result, *needles, also=("Usage:", "Try '", "warning:"))
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +238,7 @@ def test_fault_is_one_line_and_loses_nothing(case, trained, tmp_path):
     kept = case.keeps(tmp_path, run_dir) if case.keeps else None
     before = _snapshot(kept) if kept else None
     result = invoke(*args)
-    assert_user_error(result, *case.says)
+    assert_one_line(result, *case.says)
     if case.creates_nothing:
         assert not (tmp_path / "new").exists(), sorted(p.name for p in (tmp_path / "new").iterdir())
     if kept is not None:

@@ -21,22 +21,11 @@ from mmrobust.attack import RandomStarts, build_attack, take
 from mmrobust.model import logits_of
 from mmrobust.registry import ATTACKS
 from test_attacks import CLASSES, SHAPES, TinyNet, assert_within_budget, make_batch, predict, train
-from test_attacks import one_thread  # noqa: F401  (fixture: one thread for the module)
+from test_attacks import batch, model, one_thread  # noqa: F401  (fixtures: its tiny model and batch, one thread)
 
 square = importlib.import_module(ATTACKS.get("square").__module__)
 ALL = tuple(SHAPES)
 VIDEO, SKELETON = (8, 64, 64), (32, 25, 1)  # T × H × W; T × V × M with one person
-
-
-@pytest.fixture(scope="module")
-def model() -> TinyNet:
-    torch.manual_seed(0)
-    return train(TinyNet(SHAPES, output=True), SHAPES)
-
-
-@pytest.fixture(scope="module")
-def batch() -> dict:
-    return make_batch(48, seed=2)
 
 
 def margin_of(model: nn.Module, batch: dict) -> torch.Tensor:
