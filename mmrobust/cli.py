@@ -551,14 +551,19 @@ def reproduce(record_file: str, run_dir: str | None, tolerance: float, quiet: bo
               help="Cache folder [default: $MMROBUST_CACHE or ~/.cache/mmrobust].")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Decoding processes.")
 @click.option("--strict", is_flag=True, help="Stop at the first unusable sample instead of skipping it.")
+@click.option("--replace", is_flag=True,
+              help="Prepare again over a complete cache whose release has changed (else it is left as it is).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def prepare_(dataset: str, root: str, preset: str, rgb_frames: int | None, rgb_size: int | None,
-             skeleton_frames: int | None, data_dir: str | None, workers: int, strict: bool, quiet: bool) -> None:
+             skeleton_frames: int | None, data_dir: str | None, workers: int, strict: bool, replace: bool,
+             quiet: bool) -> None:
     """Turn a dataset's raw release into the compact cache that runs read.
 
     Resumable: a killed prepare continues where it stopped when run again with
     the same arguments. Unusable samples (truncated files, undecodable video,
     NaN joints, ...) are skipped and listed with their reason in the manifest.
+    A complete cache is never overwritten by a changed release unless
+    --replace is given.
 
     \b
     Examples:
@@ -568,7 +573,8 @@ def prepare_(dataset: str, root: str, preset: str, rgb_frames: int | None, rgb_s
     from mmrobust.datasets.prepare import prepare
     from mmrobust.presets import get_preset
 
-    request = get_preset(preset).data_request(cache_dir=data_dir, progress=not quiet)
+    request = dataclasses.replace(get_preset(preset).data_request(cache_dir=data_dir, progress=not quiet),
+                                  replace=replace)
     sizes = {k: v for k, v in (("rgb_frames", rgb_frames), ("rgb_size", rgb_size),
                                ("skeleton_frames", skeleton_frames)) if v is not None}
     if sizes:  # sizes of no preset: the cache is named by them alone
@@ -577,7 +583,7 @@ def prepare_(dataset: str, root: str, preset: str, rgb_frames: int | None, rgb_s
         manifest = prepare(dataset, root, request, workers=workers, strict=strict)
     except KeyboardInterrupt:
         raise click.ClickException("interrupted; run the same command again to resume") from None
-    except RuntimeError as error:  # e.g. another prepare holds the cache
+    except (RuntimeError, FileExistsError) as error:  # another prepare holds the cache; a cache left as it is
         raise click.ClickException(str(error)) from None
     skipped = manifest.get("skipped", [])
     click.echo(f"prepared {dataset} from {root}: {manifest['num_samples']} samples, {len(skipped)} skipped")

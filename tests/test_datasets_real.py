@@ -10,6 +10,7 @@ by the writers below. Miniature release trees built from them go through
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -838,6 +839,41 @@ def test_a_second_prepare_of_the_same_cache_is_refused(tmp_path):
         with pytest.raises(RuntimeError, match=r"cache .* is in use by pid \d+ \("):
             prepare("ntu60", root, request)
     assert prepare("ntu60", root, request)["num_samples"] == 1
+
+
+def test_a_complete_cache_survives_a_changed_release_and_a_failed_replacement(tmp_path):
+    """A changed release never clobbers a complete cache unless --replace; a replacement that fails says
+    why to every later load, instead of calling the cache interrupted."""
+    root = make_ntu_tree(tmp_path / "ntu", NTU_GOOD[:3])
+    request = ntu_request(tmp_path, root)
+    assert prepare("ntu60", root, request)["num_samples"] == 3
+    directory = _cache_write.cache_directory("ntu60", root, request)
+    manifest = (directory / "manifest.json").read_bytes()
+    make_ntu_tree(root, NTU_GOOD[3:4])  # a new sample, whose file is broken
+    broken = root / _ntu_format.SKELETON_DIR / f"{NTU_GOOD[3]}.skeleton"
+    broken.write_text(_corrupt(broken.read_text(), "truncated"))
+    with pytest.raises(FileExistsError, match=r"changed since .* \(3 samples then, 4 planned now\); .*--replace"):
+        prepare("ntu60", root, request, strict=True)
+    assert (directory / "manifest.json").read_bytes() == manifest
+    assert len(DATASETS.get("ntu60")().load(request).test) + len(DATASETS.get("ntu60")().load(request).train) == 3
+
+    with pytest.raises(ValueError, match="file ends inside"):
+        prepare("ntu60", root, dataclasses.replace(request, replace=True), strict=True)
+    with pytest.raises(FileNotFoundError, match=r"the last prepare of ntu60 .* failed .*file ends inside.*; fix that "
+                                                r"and run: mmrobust prepare"):
+        DATASETS.get("ntu60")().load(request)
+    assert prepare("ntu60", root, dataclasses.replace(request, replace=True))["num_samples"] == 3  # skips it
+
+
+def test_a_release_without_a_usable_sample_is_named_as_such_later(tmp_path):
+    root = make_ntu_tree(tmp_path / "ntu", NTU_GOOD[:1])
+    path = root / _ntu_format.SKELETON_DIR / f"{NTU_GOOD[0]}.skeleton"
+    path.write_text(_corrupt(path.read_text(), "truncated"))
+    request = ntu_request(tmp_path, root)
+    with pytest.raises(ValueError, match="no usable ntu60 sample"):
+        prepare("ntu60", root, request)
+    with pytest.raises(FileNotFoundError, match="failed .*no usable ntu60 sample"):
+        DATASETS.get("ntu60")().load(request)
 
 
 def test_strict_imigue_names_the_csv_line(tmp_path, imigue_release):

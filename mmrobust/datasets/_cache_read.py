@@ -78,6 +78,15 @@ def select_rows(array: np.ndarray, indices: np.ndarray):
     return IndexedRows(array, indices)
 
 
+def _failure(progress_path: Path) -> str | None:
+    """Why the last prepare failed, as it recorded it (None: it was interrupted, or the file is unreadable)."""
+    try:
+        failed = read_json(progress_path).get("failed")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return failed if isinstance(failed, str) else None
+
+
 def find_prepared(dataset: str, request: DataRequest) -> Path:
     """The directory of a finished cache for ``request``.
 
@@ -94,6 +103,10 @@ def find_prepared(dataset: str, request: DataRequest) -> Path:
             return directory
         command = prepare_command(dataset, request, os.path.realpath(os.fspath(request.root)))
         if (directory / "progress.json").is_file():
+            failed = _failure(directory / "progress.json")
+            if failed:
+                raise FileNotFoundError(f"the last prepare of {dataset} from {request.root} failed ({directory}): "
+                                        f"{failed}; fix that and run: {command}")
             raise FileNotFoundError(f"preparing {dataset} from {request.root} was interrupted ({directory}); "
                                     f"resume it with: {command}")
         raise FileNotFoundError(f"{dataset} has not been prepared from {request.root} at these sizes "

@@ -229,14 +229,19 @@ def prepare_from_root(dataset: str, request: DataRequest, plan: Callable[..., Pr
     root = Path(request.root).expanduser()
     return run_prepare(plan(root, request, strict=strict), cache_directory(dataset, root, request),
                        cache_key(dataset, root, request), workers=workers, strict=strict,
-                       progress=request.progress)
+                       progress=request.progress, replace=request.replace)
 
 
 def run_prepare(plan: PreparePlan, directory: Path, key: Mapping[str, Any], *, workers: int = 1,
-                strict: bool = False, progress: bool = True) -> dict[str, Any]:
+                strict: bool = False, progress: bool = True, replace: bool = False) -> dict[str, Any]:
     """Stream ``plan`` into the cache at ``directory``, resuming earlier work; return the manifest.
 
+    A complete cache of another plan (the release changed) is left as it is
+    unless ``replace``. A prepare that fails records why in ``progress.json``,
+    so that loaders can say so.
+
     Raises:
+        FileExistsError: a complete cache of another plan, without ``replace``.
         ValueError / FileNotFoundError: with ``strict``, at the first unusable
             sample; without, only when no sample at all is usable.
         ValueError: the plan lacks an array every cache needs
@@ -262,6 +267,11 @@ def run_prepare(plan: PreparePlan, directory: Path, key: Mapping[str, Any], *, w
                     with contextlib.suppress(FileNotFoundError):
                         leftover.unlink()  # a run killed between writing the manifest and tidying up
                 return manifest
+            if not replace:
+                raise FileExistsError(
+                    f"the release under {plan.root} changed since {directory} was prepared ({manifest.get('num_samples')} "
+                    f"samples then, {len(plan.tasks)} planned now); the complete cache is left as it is: pass "
+                    "--replace to prepare it again in its place")
             logger.warning("the release under %s changed since %s was prepared; preparing again", plan.root, directory)
             manifest_path.unlink()
         atomic_write_json(directory / "key.json", dict(key))
@@ -286,6 +296,9 @@ def run_prepare(plan: PreparePlan, directory: Path, key: Mapping[str, Any], *, w
         try:
             _stream(plan, arrays, state, progress_path, workers=workers, strict=strict, progress=progress)
             manifest = _finalize(plan, directory, arrays, state, digest, key)
+        except (ValueError, FileNotFoundError) as error:  # a sample --strict refuses, or none usable
+            atomic_write_json(progress_path, {**state, "failed": str(error)})
+            raise
         finally:
             for file in arrays.values():
                 file.close()

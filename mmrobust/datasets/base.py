@@ -41,6 +41,8 @@ class DataRequest:
         preset: the model preset these sizes come from (set by
             :meth:`mmrobust.presets.Preset.data_request`); names them in
             messages, never part of a cache key.
+        replace: ``prepare`` only: prepare again over a complete cache whose
+            release has changed (without it, such a cache is left as it is).
     """
 
     split: str | None = None
@@ -52,6 +54,7 @@ class DataRequest:
     skeleton_frames: int = 32
     progress: bool = True
     preset: str | None = None
+    replace: bool = False
 
 
 @dataclass(frozen=True)
