@@ -865,6 +865,30 @@ def test_a_complete_cache_survives_a_changed_release_and_a_failed_replacement(tm
     assert prepare("ntu60", root, dataclasses.replace(request, replace=True))["num_samples"] == 3  # skips it
 
 
+def test_one_far_joint_is_dropped_and_cannot_stretch_the_scale(tmp_path):
+    """The reported collapse: one joint at x = 1e6 m made the scale 1,020,408 m per unit and every other
+    joint of every clip 0.5."""
+    clean_root = make_ntu_tree(tmp_path / "clean", NTU_GOOD[:3])
+    clean = prepare("ntu60", clean_root, ntu_request(tmp_path / "a", clean_root))
+    root = make_ntu_tree(tmp_path / "ntu", NTU_GOOD[:3])
+    path = root / _ntu_format.SKELETON_DIR / f"{NTU_GOOD[1]}.skeleton"
+    lines = path.read_text().split("\n")
+    fields = lines[10].split()
+    fields[0] = "1000000"
+    lines[10] = " ".join(fields)
+    path.write_text("\n".join(lines))
+    manifest = prepare("ntu60", root, ntu_request(tmp_path / "b", root))
+    assert manifest["skipped_count"] == 0 and manifest["num_samples"] == 3
+    assert manifest["skeleton"]["dropped_joints"] == {"count": 1, "by_sample": {NTU_GOOD[1]: 1}}
+    assert manifest["skeleton"]["joint_bound"] == 10.0 and "quantile" in manifest["skeleton"]["rule"]
+    assert manifest["skeleton"]["scale"] == pytest.approx(clean["skeleton"]["scale"], rel=0.05)
+    assert manifest["skeleton"]["scale"] < 10
+    bundle = DATASETS.get("ntu60")().load(ntu_request(tmp_path / "b", root))
+    skeleton = np.concatenate([bundle.train.arrays["skeleton"], bundle.test.arrays["skeleton"]])
+    valid = skeleton[skeleton != 0]
+    assert valid.std() > 0.05 and valid.min() >= 0.0 and valid.max() <= 1.0  # not all collapsed to 0.5
+
+
 def test_a_release_without_a_usable_sample_is_named_as_such_later(tmp_path):
     root = make_ntu_tree(tmp_path / "ntu", NTU_GOOD[:1])
     path = root / _ntu_format.SKELETON_DIR / f"{NTU_GOOD[0]}.skeleton"

@@ -33,12 +33,17 @@ so the result is byte-identical to an uninterrupted run. The arrays hold one
 row per planned task; only the first ``num_samples`` rows (the manifest's count)
 are data, and loaders slice them.
 
-Skeleton normalisation: after streaming, one affine map with a single scale for
-all coordinate axes sends the bounding box of every valid joint of the kept
-samples (train and test alike) into [0.01, 0.99], centred on each axis. Where
-nobody is (a missing second person, a frame without a body, an undetected
-joint) the stored value is exactly 0.0, which no valid joint takes.
-``manifest["skeleton"]`` records scale, offset, unit and padding:
+Skeleton normalisation: after streaming, a joint farther than
+:data:`JOINT_BOUND` from its body's centre (10 m for 3-D joints in metres) is
+dropped as a tracking error, then one affine map with a single scale for all
+coordinate axes sends a robust box of the kept samples' valid joints (train
+and test alike; per axis, quantiles :data:`BOX_QUANTILE` of the clips' lowest
+and highest coordinates) into [0.01, 0.99], centred on each axis; the few
+coordinates outside it are clipped and counted. Where nobody is (a missing
+second person, a frame without a body, an undetected or dropped joint) the
+stored value is exactly 0.0.
+``manifest["skeleton"]`` records scale, offset, unit, padding, the rule, the
+clipped coordinates and the dropped joints per sample:
 ``physical = value * scale + offset[axis]``.
 
 Only the preparing process imports this module (workers import
@@ -56,6 +61,7 @@ import os
 import re
 import shlex
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -378,18 +384,55 @@ def _rows(shape: tuple[int, ...], dtype: np.dtype, count: int) -> Iterator[slice
         yield slice(begin, min(begin + step, count))
 
 
-def _skeleton_map(raw: RowFile, count: int) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
-    """Scale and per-axis offset sending every valid coordinate into [margin, 1 - margin]."""
-    channels = raw.shape[1]
-    low = np.full(channels, np.inf)
-    high = np.full(channels, -np.inf)
+#: Joints farther than this from their body's centre in that frame (the median of its joints), in the
+#: release's unit, are tracking errors and count as missing: NTU RGB+D's 3-D joints, in metres. Units
+#: without an entry (2-D pixels) have no bound.
+JOINT_BOUND = {"m": 10.0}
+#: Share of clips whose lowest (or highest) coordinate on an axis may lie outside the normalisation box;
+#: those coordinates are clipped to [0, 1] and counted. One stray clip cannot stretch the box.
+BOX_QUANTILE = 0.001
+
+
+def _drop_far_joints(raw: RowFile, names: RowFile, count: int, bound: float | None) -> dict[str, int]:
+    """Set every joint farther than ``bound`` from its body's centre to NaN (missing), in place; return
+    the number dropped per sample name."""
+    dropped: dict[str, int] = {}
+    if bound is None:
+        return dropped
     for rows in _rows(raw.shape, raw.dtype, count):
-        block = np.moveaxis(raw.read(rows), 1, 0).reshape(channels, -1)
-        if np.isfinite(block).any():
-            low = np.minimum(low, np.nanmin(np.where(np.isfinite(block), block, np.nan), axis=1, initial=np.inf))
-            high = np.maximum(high, np.nanmax(np.where(np.isfinite(block), block, np.nan), axis=1, initial=-np.inf))
-    if not np.all(np.isfinite(low)):
+        block = raw.read(rows).astype(np.float64)  # (n, C, T, V, M), NaN where nobody is
+        valid = np.isfinite(block).all(axis=1, keepdims=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # frames where a body is absent: all-NaN medians
+            centre = np.nanmedian(np.where(valid, block, np.nan), axis=3, keepdims=True)
+        distance = np.sqrt(((block - centre) ** 2).sum(axis=1, keepdims=True))
+        far = valid & (distance > bound)
+        if far.any():
+            raw.write(rows.start, np.where(far, np.nan, block))
+            per_sample = far.reshape(len(block), -1).sum(axis=1)
+            sample_names = names.read(rows)
+            for i in np.flatnonzero(per_sample):
+                dropped[str(sample_names[i])] = int(per_sample[i])
+    return dropped
+
+
+def _skeleton_map(raw: RowFile, count: int) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """Scale and per-axis offset sending the normalisation box into [margin, 1 - margin]: per axis, from
+    the :data:`BOX_QUANTILE` quantile of the clips' lowest valid coordinates to the 1 − BOX_QUANTILE
+    quantile of their highest; one scale for every axis (the box's longest side)."""
+    channels = raw.shape[1]
+    lows, highs = [], []
+    for rows in _rows(raw.shape, raw.dtype, count):
+        block = raw.read(rows).reshape(-1, channels, int(np.prod(raw.shape[2:])))
+        finite = np.isfinite(block)
+        lows.append(np.where(finite, block, np.inf).min(axis=2))
+        highs.append(np.where(finite, block, -np.inf).max(axis=2))
+    lows, highs = np.concatenate(lows), np.concatenate(highs)
+    present = np.isfinite(lows).all(axis=1)
+    if not present.any():
         raise ValueError(f"{raw.path}: no valid joint coordinate in any kept sample")
+    low = np.quantile(lows[present], BOX_QUANTILE, axis=0)
+    high = np.quantile(highs[present], 1.0 - BOX_QUANTILE, axis=0)
     extent = float(np.max(high - low))
     scale = extent / (1.0 - 2.0 * SKELETON_MARGIN) if extent > 0 else 1.0
     offset = (low + high) / 2.0 - scale / 2.0
@@ -402,16 +445,24 @@ def _finalize(plan, directory: Path, arrays: Mapping[str, RowFile], state, diges
         _raise_nothing_usable(plan, state["skipped"])
 
     raw = arrays["skeleton"]
+    bound = JOINT_BOUND.get(plan.skeleton_unit)
+    dropped = _drop_far_joints(raw, arrays["name"], kept, bound)
+    if dropped:
+        logger.warning("%d joints farther than %g %s from their body's centre were dropped as tracking errors "
+                       "(%d samples; listed in the manifest)", sum(dropped.values()), bound, plan.skeleton_unit,
+                       len(dropped))
     scale, offset, low, high = _skeleton_map(raw, kept)
     final_path = _array_path(directory, "skeleton", staged=False)
     temporary = final_path.with_name(".skeleton.npy.tmp")
     mapped = RowFile(temporary, (kept, *raw.shape[1:]), "float32")
+    clipped = 0
     try:
         shift = offset.reshape(1, -1, *([1] * (len(raw.shape) - 2)))
         for rows in _rows(raw.shape, raw.dtype, kept):
             values = raw.read(rows).astype(np.float64)
             values -= shift
             values /= scale
+            clipped += int(((values < 0.0) | (values > 1.0)).sum())  # NaN compares False
             np.nan_to_num(values, copy=False, nan=0.0)
             np.clip(values, 0.0, 1.0, out=values)
             mapped.write(rows.start, values)  # consecutive rows: one write
@@ -473,6 +524,12 @@ def _finalize(plan, directory: Path, arrays: Mapping[str, RowFile], state, diges
             "valid_max": high.tolist(),
             "padding": 0.0,
             "margin": SKELETON_MARGIN,
+            "rule": f"per axis, from the {BOX_QUANTILE:g} quantile of the clips' lowest valid coordinates to the "
+                    f"{1 - BOX_QUANTILE:g} quantile of their highest, into [margin, 1 - margin] with one scale "
+                    f"({plan.skeleton_unit} per unit) for all axes",
+            "clipped_coordinates": clipped,
+            "joint_bound": bound,
+            "dropped_joints": {"count": sum(dropped.values()), "by_sample": dict(sorted(dropped.items()))},
             "layout": "C,T,V,M",
             "map": "value = (coordinate - offset[axis]) / scale; physical = value * scale + offset[axis]; "
                    "valid joints in [margin, 1 - margin], 0.0 where nobody is",
