@@ -398,3 +398,21 @@ def test_a_lock_dies_with_its_process_even_under_sigkill(tmp_path):
     with exclusive(folder, "run directory"):  # free again
         write_json(folder / "ok.json", {"ok": True})
     assert json.loads((folder / "ok.json").read_text()) == {"ok": True}
+
+
+def test_a_relative_data_dir_is_stored_absolute_and_eval_works_from_elsewhere(tmp_path, monkeypatch,
+                                                                              small_synthetic_module):
+    """The reported breakage: a relative --data-dir stored in config.json broke eval from another folder."""
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(work)
+    result = invoke("run", "--dataset", small_synthetic_module, "--epochs", 1, "--data-dir", "cache",
+                    "--run-dir", "run", "--quiet", "--attacks", "fgsm")
+    assert result.exit_code == 0, result.output
+    stored = json.loads((work / "run" / "config.json").read_text())["data_dir"]
+    assert stored == str(work / "cache")
+    monkeypatch.chdir(elsewhere)
+    again = invoke("eval", "--run-dir", work / "run", "--quiet")
+    assert again.exit_code == 0, again.output
+    assert not (elsewhere / "cache").exists()
