@@ -128,6 +128,11 @@ def _names_option(value: str | None) -> tuple[str, ...] | None:
 @click.option("--eps", default=None, metavar="EPS", help="Attack budget, e.g. 4/255 (changes the protocol's name).")
 @click.option("--attacks", default=None, metavar="A[,A]",
               help="Attacks to run, e.g. pgd20 or fgsm,ta:APGD (changes the protocol's name).")
+@click.option("--holdout", default=0.0, show_default=True, type=click.FloatRange(0, 0.5),
+              help="Share of the training subjects kept out of training and scored after every epoch (clean "
+                   "and PGD robust accuracy per target, in train_log.jsonl; see `mmrobust plot-training`).")
+@click.option("--holdout-steps", default=10, show_default=True, type=click.IntRange(min=1),
+              help="PGD steps of the held-out robust accuracy.")
 @click.option("--eval-batch-size", default=64, show_default=True, type=click.IntRange(min=1),
               help="Samples attacked together.")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
@@ -375,6 +380,34 @@ def inspect(dataset: str, out: str, part: str, per_class: int, preset: str, root
     click.echo(f"wrote {path}")
 
 
+# -- plot-training ------------------------------------------------------------
+
+@cli.command("plot-training")
+@click.option("--run-dir", "run_dirs", required=True, multiple=True, type=click.Path(file_okay=False),
+              help="A run directory; repeat it to draw several runs on one figure.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="PNG to write (an SVG goes beside it) [default: <first run dir>/training.png].")
+def plot_training(run_dirs: tuple[str, ...], out: str | None) -> None:
+    """Draw training curves from each run's train_log.jsonl: loss, and accuracies per epoch.
+
+    Runs trained with --holdout also show clean and PGD robust accuracy on
+    the held-out subjects after every epoch, and a line says whether the last
+    quarter of epochs moved them by less than one point (converged).
+
+    \b
+    Examples:
+      mmrobust run --defense at-rs --holdout 0.2 --epochs 16
+      mmrobust plot-training --run-dir runs/synthetic/at-rs-tiny-s0
+      mmrobust plot-training --run-dir runs/a --run-dir runs/b --out compare.png
+    """
+    from mmrobust.training_plot import describe, plot_training as draw, read_log
+
+    for run_dir in run_dirs:
+        click.echo(f"{run_dir}: {describe(read_log(Path(run_dir)))}")
+    written = draw([Path(d) for d in run_dirs], Path(out) if out else Path(run_dirs[0]) / "training.png")
+    click.echo(f"wrote {', '.join(map(str, written))}", err=True)
+
+
 # -- leaderboard --------------------------------------------------------------
 
 @cli.command()
@@ -389,11 +422,19 @@ def inspect(dataset: str, out: str, part: str, per_class: int, preset: str, root
               help="Record files or folders, repeatable [default: runs/ and leaderboards/].")
 @click.option("--out", default="leaderboards", show_default=True, type=click.Path(file_okay=False),
               help="Folder for <dataset>/<protocol>.{md,csv,html}.")
+@click.option("--claims", is_flag=True,
+              help="Print the AMR paper's Table-2 claims judged on the records (standard-v1, and strong-v1 where "
+                   "there are its records) and write <out>/<dataset>/claims.md instead of the table.")
 def leaderboard(dataset: str | None, protocol: str, attack: str, fmt: str, sources: tuple[str, ...],
-                out: str) -> None:
+                out: str, claims: bool) -> None:
     """Rank every evaluated record, per dataset, under one protocol.
 
-    Sorted by robust Avg under --attack. Records of another protocol (changed
+    One row per defense: records that differ only in the training seed are
+    averaged, each number with its spread over seeds, and a second table
+    gives 95 % intervals over seeds and test samples (a two-level bootstrap
+    of the per-sample outcomes). Sorted by robust Avg under --attack; "vs
+    above" says whether a row is significantly below the one above it (<) or
+    not (≈), by a paired bootstrap test. Records of another protocol (changed
     ε or attacks) are never mixed in. For ntu60 and imigue the paper's own
     numbers appear as rows marked "reported".
 
@@ -401,6 +442,7 @@ def leaderboard(dataset: str | None, protocol: str, attack: str, fmt: str, sourc
     Examples:
       mmrobust leaderboard
       mmrobust leaderboard --dataset synthetic --attack cw30 --format csv
+      mmrobust leaderboard --dataset synthetic --claims
     """
     import warnings
 
@@ -419,6 +461,14 @@ def leaderboard(dataset: str | None, protocol: str, attack: str, fmt: str, sourc
     if dataset is not None and dataset not in available:
         raise click.ClickException(f"no {protocol} records for dataset {dataset!r}; {_closest(dataset, available)}")
     datasets = [dataset] if dataset else available
+    if claims:
+        from mmrobust.claims import render as render_claims
+        from mmrobust.claims import report_protocols, write_claims
+
+        for name in datasets:
+            click.echo(render_claims(report_protocols(records, name)))
+            click.echo(f"wrote {write_claims(records, out, name)}", err=True)
+        return
     tables = {}
     for name in datasets:  # every table is built (and --attack checked) before any file is written
         chosen = [r for r in records if r.dataset == name and r.protocol == protocol]
@@ -439,7 +489,9 @@ def leaderboard(dataset: str | None, protocol: str, attack: str, fmt: str, sourc
 @click.option("--dataset", default="synthetic", show_default=True)
 @click.option("--defenses", default=None, metavar="D[,D]", help="Defenses to run [default: every registered one].")
 @click.option("--preset", default="tiny", show_default=True)
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seeds", "seeds_option", default=None, metavar="S [S ...]",
+              help="Training seeds, each a full set of runs: `--seeds 0 1 2` or `--seeds 0,1,2` [default: 0].")
+@click.option("--seed", default=None, type=int, help="One training seed (the same as --seeds S).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--runs", "runs_dir", default="runs", show_default=True, type=click.Path(file_okay=False),
               help="Where the run directories go.")
@@ -448,10 +500,16 @@ def leaderboard(dataset: str | None, protocol: str, attack: str, fmt: str, sourc
 @click.option("--protocols", default=None, metavar="P[,P]",
               help="Protocols to evaluate under besides standard-v1, e.g. strong-v1 (each gets its table).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def sweep(dataset: str, defenses: str | None, preset: str, seed: int, device: str, runs_dir: str, out: str,
-          protocols: str | None, quiet: bool) -> None:
+@click.argument("more_seeds", nargs=-1, type=int, metavar="")
+def sweep(dataset: str, defenses: str | None, preset: str, seeds_option: str | None, seed: int | None,
+          device: str, runs_dir: str, out: str, protocols: str | None, quiet: bool,
+          more_seeds: tuple[int, ...]) -> None:
     """Run every defense on one dataset, then write its leaderboard with the records behind it.
 
+    Each training seed is a full set of runs (runs/<dataset>/<defense>-<preset>-s<seed>);
+    the leaderboard shows one row per defense with the mean over seeds, their
+    spread and 95 % intervals over seeds and test samples, and
+    <out>/<dataset>/claims.md judges the AMR paper's Table-2 claims on them.
     Finished runs are kept (their record is reused), killed ones resume, so the
     command can be re-run until everything is done. A finished run of other
     data (an older synthetic generator, say) is refused, never mixed in: move
@@ -463,16 +521,37 @@ def sweep(dataset: str, defenses: str | None, preset: str, seed: int, device: st
     \b
     Examples:
       mmrobust sweep --dataset synthetic
+      mmrobust sweep --dataset synthetic --seeds 0 1 2
       mmrobust sweep --dataset synthetic --protocols strong-v1
     """
     from mmrobust.leaderboard import render
     from mmrobust.sweep import sweep as run_sweep
 
-    table = run_sweep(dataset, _names_option(defenses) or (), preset=preset, seed=seed, device=device,
+    seeds = _seeds(seeds_option, seed, more_seeds)
+    table = run_sweep(dataset, _names_option(defenses) or (), preset=preset, seeds=seeds, device=device,
                       runs_dir=Path(runs_dir), out=Path(out), protocols=_names_option(protocols) or (),
                       progress=not quiet,
                       say=lambda line: click.echo(line, err=True))
     click.echo(render(table, "md"))
+
+
+def _seeds(option: str | None, seed: int | None, more: tuple[int, ...]) -> list[int]:
+    """The seeds of `--seeds 0 1 2`, `--seeds 0,1,2` or `--seed 0` (default 0), checked."""
+    if more and option is None:
+        raise click.UsageError(f"unexpected argument {more[0]}; seeds go after --seeds (--seeds 0 1 2)")
+    if option is not None and seed is not None:
+        raise click.UsageError("give --seeds or --seed, not both")
+    if option is None:
+        return [0 if seed is None else seed]
+    try:
+        seeds = [int(part) for part in option.replace(",", " ").split()] + list(more)
+    except ValueError:
+        raise click.BadParameter(f"{option!r} is not a list of integers, e.g. `--seeds 0 1 2`",
+                                 param_hint="--seeds") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise click.BadParameter(f"seeds must be distinct non-negative integers, got {seeds}",
+                                 param_hint="--seeds")
+    return seeds
 
 
 # -- reproduce --------------------------------------------------------------------

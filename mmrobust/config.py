@@ -44,6 +44,13 @@ class RunConfig:
         protocol: evaluation protocol; ``eps`` and ``attacks`` change its
             settings (and so its name: such results are never ranked with it).
         eval_batch_size: samples attacked together.
+        holdout: share of the training subjects (of the training samples,
+            where the dataset names no subjects) kept out of training and
+            scored after every epoch: clean accuracy and robust accuracy
+            under PGD (:attr:`holdout_steps` steps, the protocol's ε) on each
+            attack target. 0 trains on every training sample and logs no
+            held-out curves.
+        holdout_steps: PGD steps of the held-out robust accuracy.
     """
 
     dataset: str = "synthetic"
@@ -66,6 +73,8 @@ class RunConfig:
     eps: float | None = None
     attacks: tuple[str, ...] = ()
     eval_batch_size: int = 64
+    holdout: float = 0.0
+    holdout_steps: int = 10
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "eval_batch_size"):
@@ -73,6 +82,8 @@ class RunConfig:
         if self.epochs is not None:
             check_number("epochs", self.epochs, 1, integer=True)
         check_number("lr", self.lr, 0.0, low_open=True)
+        check_number("holdout", self.holdout, 0.0, 0.5)
+        check_number("holdout_steps", self.holdout_steps, 1, integer=True)
         if self.eps is not None:  # checked here, not after a training epoch
             check_number("eps", self.eps, 0.0, 1.0, low_open=True)
 

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from mmrobust import stats
 from mmrobust.defense import reference_defense
 from mmrobust.files import write_text
 from mmrobust.metrics import WORST, relative_improvement
@@ -166,6 +167,8 @@ def _flags(record: Record, common_settings: str | None) -> str:
         marks.append(f"attack-failure!({','.join(tripped)})")
     if common_settings is not None and _settings_key(record) != common_settings:
         marks.append("settings!")
+    if ((record.training or {}).get("convergence") or {}).get("converged") is False:
+        marks.append("unconverged!")
     return " ".join(marks)
 
 
@@ -202,7 +205,8 @@ def columns(codes: Iterable[str], strong: bool = False) -> tuple[list[str], list
     numbers = [clean, *[f"✗{code}" for code in codes], "Avg", "RI", "Worst Avg"]
     if strong:
         numbers += [STRONG_AVG, KEPT]
-    return ["defense", "modalities", "preset", "split", *numbers, "flags", "source", "run"], numbers
+    return ["defense", "modalities", "preset", "split", *numbers, "seeds", "vs above", "flags", "source", "run"], \
+        numbers
 
 
 
@@ -214,37 +218,191 @@ def _strong_twin(record: Record, candidates: Iterable[Record]) -> Record | None:
     return max(twins, key=lambda c: (c.finished_at(), c.source), default=None)
 
 
-def _measured_row(record: Record, attack: str, reference: Record | None, common_settings: str | None,
-                  codes: list[str], strong: Record | None = None) -> dict[str, Any]:
+def _record_values(record: Record, attack: str, reference: Record | None, codes: list[str],
+                   strong: Record | None) -> dict[str, float]:
+    """One record's numbers, column by column (NaN where it has none)."""
     metrics = record.metrics
     entry = (metrics.get("attacks") or {}).get(attack)
     clean = columns(codes)[1][0]
-    row = {"defense": record.defense, "modalities": _modalities(record), "preset": record.preset,
-           "split": record.split, clean: _value(metrics, "clean")}
-    for code in codes:
-        row[f"✗{code}"] = _value(entry, code)
-    row["Avg"] = _value(entry, "avg")
-    row["RI"] = np.nan
+    values = {clean: _value(metrics, "clean"), **{f"✗{code}": _value(entry, code) for code in codes},
+              "Avg": _value(entry, "avg"), "RI": np.nan}
     if reference is not None:
         reference_entry = (reference.metrics.get("attacks") or {}).get(attack)
         if entry is not None and reference_entry is not None:
-            row["RI"] = relative_improvement(row[clean], row["Avg"], _value(reference.metrics, "clean"),
-                                             _value(reference_entry, "avg"))
-    row["Worst Avg"] = _value((metrics.get("attacks") or {}).get(WORST), "avg")
+            values["RI"] = relative_improvement(values[clean], values["Avg"], _value(reference.metrics, "clean"),
+                                                _value(reference_entry, "avg"))
+    values["Worst Avg"] = _value((metrics.get("attacks") or {}).get(WORST), "avg")
     if strong is not None:
-        row[STRONG_AVG] = _value((strong.metrics.get("attacks") or {}).get(WORST), "avg")
-        row[KEPT] = 100 * row[STRONG_AVG] / row["Avg"] if row["Avg"] > 0 else np.nan
-    row["flags"] = _flags(record, common_settings)
-    row["source"] = "measured"
-    row["run"] = record.source
-    return row
+        values[STRONG_AVG] = _value((strong.metrics.get("attacks") or {}).get(WORST), "avg")
+        values[KEPT] = 100 * values[STRONG_AVG] / values["Avg"] if values["Avg"] > 0 else np.nan
+    return values
 
 
-def _rank(row: Mapping[str, Any]) -> tuple:
-    """Avg, then clean accuracy, descending (missing last); defense and run break ties."""
-    avg, clean = row["Avg"], next(value for key, value in row.items() if key.startswith("✓"))
-    return (np.isnan(avg), -avg if not np.isnan(avg) else 0.0,
-            np.isnan(clean), -clean if not np.isnan(clean) else 0.0, row["defense"], row["run"])
+def sample_scores(record: Record, attack: str, codes: list[str]) -> dict[str, np.ndarray] | None:
+    """Per-sample scores behind a record's numbers for one attack: ``clean``, each target code, ``avg`` (the
+    mean over targets) and ``worst avg``; None when its outcome file is missing or does not reproduce its
+    metrics (a record written by hand, say)."""
+    try:
+        outcomes = record.outcomes()
+    except (RecordError, OSError, ValueError, KeyError):
+        return None
+    cells: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in outcomes.items():
+        if "/" in key and "#" not in key:
+            name, code = key.rsplit("/", 1)
+            cells.setdefault(name, {})[code] = np.asarray(value, dtype=bool)
+
+    def targets(name: str) -> dict[str, np.ndarray] | None:
+        if name == WORST:
+            found = {code: np.logical_and.reduce([cell[code] for cell in cells.values() if code in cell])
+                     for code in codes if any(code in cell for cell in cells.values())}
+        else:
+            found = {code: cells[name][code] for code in codes if code in cells.get(name, {})}
+        return found if found and len(found) == len([c for c in codes if c in found]) else None
+
+    chosen, worst = targets(attack), targets(WORST)
+    if chosen is None or worst is None or "clean" not in outcomes:
+        return None
+    scores = {"clean": np.asarray(outcomes["clean"], dtype=float),
+              **{code: correct.astype(float) for code, correct in chosen.items()},
+              "avg": np.mean([correct.astype(float) for correct in chosen.values()], axis=0),
+              "worst avg": np.mean([correct.astype(float) for correct in worst.values()], axis=0)}
+    entry = (record.metrics.get("attacks") or {}).get(attack) or {}
+    expected = {"clean": record.metrics.get("clean"), "avg": entry.get("avg"),
+                "worst avg": ((record.metrics.get("attacks") or {}).get(WORST) or {}).get("avg"),
+                **{code: entry.get(code) for code in chosen}}
+    for name, value in expected.items():
+        if not isinstance(value, (int, float)) or abs(100.0 * scores[name].mean() - value) > 1e-6:
+            return None
+    return scores
+
+
+def _sources(names: list[str]) -> str:
+    """``a/b-s0.json`` and ``a/b-s1.json`` as ``a/b-s{0,1}.json``."""
+    if len(names) == 1:
+        return names[0]
+    prefix = os.path.commonprefix(names)
+    suffix = os.path.commonprefix([n[len(prefix):][::-1] for n in names])[::-1]
+    middles = [n[len(prefix):len(n) - len(suffix)] for n in names]
+    return f"{prefix}{{{','.join(middles)}}}{suffix}"
+
+
+class _Row:
+    """The records of one model over its training seeds, and what the table shows of them."""
+
+    def __init__(self, records: list[Record], attack: str, chosen: list[Record], common_settings: str | None,
+                 codes: list[str], twins: Mapping[int, Record | None]):
+        self.attack = attack
+        self.records = sorted(records, key=lambda r: (r.seed is None, r.seed or 0, r.source))
+        self.seeds = [r.seed for r in self.records]
+        self.codes = codes
+        self.clean = columns(codes)[1][0]
+        references = [find_reference(r, chosen) for r in self.records]
+        self.values = [_record_values(r, attack, ref, codes, twins.get(id(r)))
+                       for r, ref in zip(self.records, references, strict=True)]
+        self.scores: dict[str, np.ndarray] = {}   # column -> (seeds, samples) per-sample scores
+        per_record = [sample_scores(r, attack, codes) for r in self.records]
+        if all(s is not None for s in per_record) and len({len(s["clean"]) for s in per_record}) == 1:
+            self.scores[self.clean] = np.stack([s["clean"] for s in per_record])
+            for code in codes:
+                if all(code in s for s in per_record):
+                    self.scores[f"✗{code}"] = np.stack([s[code] for s in per_record])
+            self.scores["Avg"] = np.stack([s["avg"] for s in per_record])
+            self.scores["Worst Avg"] = np.stack([s["worst avg"] for s in per_record])
+            reference_scores = [sample_scores(ref, attack, codes) if ref is not None else None
+                                for ref in references]
+            if all(ref is not None and len(ref["clean"]) == len(s["clean"])
+                   for ref, s in zip(reference_scores, per_record, strict=True)):
+                self.scores["RI"] = np.stack([s["clean"] + s["avg"] - ref["clean"] - ref["avg"]
+                                              for s, ref in zip(per_record, reference_scores, strict=True)])
+            strong = [twins.get(id(r)) for r in self.records]
+            if all(twin is not None for twin in strong):
+                strong_scores = [sample_scores(twin, WORST, codes) for twin in strong]
+                if all(t is not None and len(t["clean"]) == len(s["clean"])
+                       for t, s in zip(strong_scores, per_record, strict=True)):
+                    self.scores[STRONG_AVG] = np.stack([t["avg"] for t in strong_scores])
+        self.flags = self._flags(common_settings)
+
+    def _flags(self, common_settings: str | None) -> str:
+        per_record = [_flags(r, common_settings).split() for r in self.records]
+        marks = []
+        for mark in dict.fromkeys(m for flags in per_record for m in flags):
+            having = [seed for seed, flags in zip(self.seeds, per_record, strict=True) if mark in flags]
+            marks.append(mark if len(having) == len(self.seeds) else
+                         f"{mark}[seed {','.join(map(str, having))}]")
+        return " ".join(marks)
+
+    def summary(self, column: str) -> stats.Summary | None:
+        """The column over seeds (and samples, where the outcomes are at hand)."""
+        values = np.array([v.get(column, np.nan) for v in self.values], dtype=float)
+        if column in self.scores:
+            return stats.summarize(self.scores[column])
+        present = values[~np.isnan(values)]
+        if present.size == 0:
+            return None
+        spread = float(np.std(present, ddof=1)) if present.size > 1 else np.nan
+        low = high = np.nan
+        if len(self.records) == 1:  # a record without outcomes: its own Wilson interval where it has one
+            interval = self._stored_interval(column)
+            if interval is not None:
+                low, high = interval
+        return stats.Summary(float(present.mean()), spread, low, high, int(present.size))
+
+    def _stored_interval(self, column: str) -> tuple[float, float] | None:
+        metrics = self.records[0].metrics
+        if column == self.clean:
+            found = metrics.get("clean_ci")
+        elif column.startswith("✗"):
+            found = (((metrics.get("attacks") or {}).get(self.attack) or {}).get("ci") or {}).get(column[1:])
+        else:
+            found = None
+        return (float(found[0]), float(found[1])) if isinstance(found, list) and len(found) == 2 else None
+
+    def mean(self, column: str) -> float:
+        """The mean over seeds of one column's per-record values (NaN where none has it)."""
+        values = np.array([v.get(column, np.nan) for v in self.values], dtype=float)
+        return float(np.nanmean(values)) if np.any(~np.isnan(values)) else np.nan
+
+    def rank_key(self) -> tuple:
+        """Avg, then clean accuracy, descending (missing last); defense and runs break ties."""
+        avg, clean = self.mean("Avg"), self.mean(self.clean)
+        return (np.isnan(avg), -avg if not np.isnan(avg) else 0.0, np.isnan(clean),
+                -clean if not np.isnan(clean) else 0.0, self.records[0].defense,
+                [r.source for r in self.records])
+
+    def row(self, strong: bool) -> dict[str, Any]:
+        """The table row: each number column's mean, spread and interval, then seeds, flags and runs."""
+        record = self.records[0]
+        row: dict[str, Any] = {"defense": record.defense, "modalities": _modalities(record),
+                               "preset": record.preset, "split": record.split}
+        numbers = columns(self.codes, strong)[1]
+        for column in numbers:
+            summary = self.summary(column)
+            if column == KEPT:  # a ratio of two means: the mean and spread of the per-seed ratios, no interval
+                kept = np.array([v.get(KEPT, np.nan) for v in self.values], dtype=float)
+                kept = kept[~np.isnan(kept)]
+                summary = stats.Summary(float(kept.mean()), float(np.std(kept, ddof=1)) if kept.size > 1 else
+                                        np.nan, np.nan, np.nan, int(kept.size)) if kept.size else None
+            row[column] = summary.mean if summary else np.nan
+            row[f"{column} sd"] = summary.spread if summary else np.nan
+            row[f"{column} low"] = summary.low if summary else np.nan
+            row[f"{column} high"] = summary.high if summary else np.nan
+        row["seeds"] = ",".join("?" if seed is None else str(seed) for seed in self.seeds)
+        row["vs above"] = ""
+        row["flags"] = self.flags
+        row["source"] = "measured"
+        row["run"] = _sources([r.source for r in self.records])
+        return row
+
+
+def _versus(above: _Row, below: _Row) -> str:
+    """Whether ``below``'s Avg is significantly under ``above``'s (paired two-level bootstrap)."""
+    first, second = above.scores.get("Avg"), below.scores.get("Avg")
+    if first is None or second is None or first.shape[1] != second.shape[1]:
+        return ""
+    test = stats.compare(first, second, paired_seeds=above.seeds == below.seeds)
+    p = "p<0.001" if test.p_value < 0.001 else f"p={test.p_value:.3f}"
+    return f"{'<' if test.significant else '≈'} ({p})"
 
 
 def _reported_rows(dataset: str) -> list[dict[str, Any]]:
@@ -254,54 +412,84 @@ def _reported_rows(dataset: str) -> list[dict[str, Any]]:
         rows.append({"defense": defense, "modalities": "rgb+skeleton", "preset": "paper",
                      "split": REPORTED_SPLIT[dataset], "✓RS": numbers["clean"],
                      **{f"✗{target}": numbers[target] for target in REPORTED_TARGETS},
-                     "Avg": numbers["avg"], "RI": numbers["ri"], "Worst Avg": np.nan, "flags": "",
-                     "source": "reported",
+                     "Avg": numbers["avg"], "RI": numbers["ri"], "Worst Avg": np.nan, "seeds": "", "vs above": "",
+                     "flags": "", "source": "reported",
                      "run": REPORTED_CITATION.get((dataset, defense), "AMR paper, Table 2")})
     return rows
 
 
+def model_rows(records: Iterable[Record], dataset: str, protocol: str = "standard-v1",
+               attack: str | None = None) -> tuple[list[_Row], list[str], list[str]]:
+    """The rows of :func:`build_table` before rendering, best first, with the target codes and footnotes
+    (the claims report reads the same rows)."""
+    records = list(records)
+    attack = attack or default_attack(protocol)
+    chosen = [r for r in records if r.dataset == dataset and r.protocol == protocol]
+    chosen.sort(key=lambda r: r.source)
+    chosen, footnotes = _newest_per_model(chosen)
+    settings = Counter(_settings_key(r) for r in chosen)
+    common_settings = settings.most_common(1)[0][0] if len(settings) > 1 else None
+    if common_settings is not None:
+        footnotes.append("settings!: protocol_settings differ from those of most records "
+                         "under the same protocol name")
+    codes = target_codes(chosen)
+    twins = {id(r): _strong_twin(r, records) for r in chosen} if protocol == STANDARD else {}
+    groups: dict[tuple, list[Record]] = {}
+    for record in chosen:  # one row per model over its seeds (records of other data never share a row)
+        groups.setdefault((*_identity(record)[:4], record.fingerprint), []).append(record)
+    rows = sorted((_Row(group, attack, chosen, common_settings, codes, twins) for group in groups.values()),
+                  key=_Row.rank_key)
+    return rows, codes, footnotes
+
+
 def build_table(records: Iterable[Record], dataset: str, protocol: str = "standard-v1",
                 attack: str | None = None) -> pd.DataFrame:
-    """The leaderboard of ``dataset`` under ``protocol``, for one attack.
+    """The leaderboard of ``dataset`` under ``protocol``, for one attack, one row per model over its seeds.
 
-    Only records of exactly that dataset and protocol name are used. RI is
-    recomputed against the reference defense's record (``none``) of the same
-    preset, split and modalities, data and training seed (:func:`~mmrobust.results.find_reference`;
+    Only records of exactly that dataset and protocol name are used. Records
+    of one defense, preset, modalities, split and data that differ in their
+    training seed make one row: each number column holds the mean over seeds,
+    ``<column> sd`` the standard deviation of the per-seed values and
+    ``<column> low`` / ``high`` a 95 % interval over seeds and test samples
+    (:mod:`mmrobust.stats`; from the per-sample outcomes). RI is computed per
+    seed against the reference defense's record (``none``) of the same preset,
+    split, modalities, data and training seed (:func:`~mmrobust.results.find_reference`;
     empty when there is none). Rows are sorted by Avg, then clean accuracy,
-    both descending; the paper's reported rows (NTU RGB+D and iMiGUE,
-    standard-v1, PGD20 only) follow in the paper's order. Where several
-    records describe the same model, the newest is kept. ``attack`` defaults
-    to the protocol's (:func:`default_attack`). Where ``records`` hold
-    strong-v1 records of the same models, the standard-v1 table adds their
-    worst-case Avg and the percentage of its own Avg that survives
-    (``Kept %``).
+    both descending; ``vs above`` says whether a row's Avg is significantly
+    below the row above it (``<``) or not (``≈``), by a paired two-level
+    bootstrap with its p-value. The paper's reported rows (NTU RGB+D and
+    iMiGUE, standard-v1, PGD20 only) follow in the paper's order. Where
+    several records describe the same model and seed, the newest is kept.
+    ``attack`` defaults to the protocol's (:func:`default_attack`). Where
+    ``records`` hold strong-v1 records of the same models, the standard-v1
+    table adds their worst-case Avg and the percentage of its own Avg that
+    survives (``Kept %``).
 
     ``table.attrs`` holds ``dataset``, ``protocol``, ``attack`` and
     ``footnotes`` (a list of str), which :func:`render` prints under the table.
     """
     records = list(records)
     attack = attack or default_attack(protocol)
-    chosen = [r for r in records if r.dataset == dataset and r.protocol == protocol]
-    chosen.sort(key=lambda r: r.source)
-    chosen, footnotes = _newest_per_model(chosen)
-
-    settings = Counter(_settings_key(r) for r in chosen)
-    common_settings = settings.most_common(1)[0][0] if len(settings) > 1 else None
-    if common_settings is not None:
-        footnotes.append("settings!: protocol_settings differ from those of most records "
-                         "under the same protocol name")
+    rows, codes, footnotes = model_rows(records, dataset, protocol, attack)
     reported = _reported_rows(dataset) if protocol == REPORTED_PROTOCOL and attack == REPORTED_ATTACK else []
-    codes = target_codes(chosen) or (list(REPORTED_TARGETS) if reported else [])
+    codes = codes or (list(REPORTED_TARGETS) if reported else [])
     if reported and set(codes) != set(REPORTED_TARGETS):
         reported = []  # the paper's rows have R, S and RS only
-    twins = {id(r): _strong_twin(r, records) for r in chosen} if protocol == STANDARD else {}
-    strong = any(twin is not None for twin in twins.values())
-    rows = [_measured_row(r, attack, find_reference(r, chosen), common_settings, codes, twins.get(id(r)))
-            for r in chosen]
-    rows.sort(key=_rank)
+    strong = any(STRONG_AVG in row.values[i] for row in rows for i in range(len(row.values)))
+    measured = [row.row(strong) for row in rows]
+    for index in range(1, len(rows)):
+        measured[index]["vs above"] = _versus(rows[index - 1], rows[index])
+    if strong:
+        partial = [f"{r['defense']} ({sum(STRONG_AVG in v for v in row.values)} of {len(row.values)} seeds)"
+                   for r, row in zip(measured, rows, strict=True)
+                   if 0 < sum(STRONG_AVG in v for v in row.values) < len(row.values)]
+        if partial:
+            footnotes.append(f"{STRONG_AVG} and {KEPT} come from the seeds with a {STRONG} record: "
+                             + ", ".join(partial))
     names, numbers = columns(codes, strong)
-    table = pd.DataFrame(rows + reported, columns=names)
-    table[numbers] = table[numbers].astype(float)
+    extra = [f"{column} {part}" for column in numbers for part in ("sd", "low", "high")]
+    table = pd.DataFrame(measured + reported, columns=names + extra)
+    table[numbers + extra] = table[numbers + extra].astype(float)
     table.attrs = {"dataset": dataset, "protocol": protocol, "attack": attack, "footnotes": footnotes}
     return table
 
@@ -312,9 +500,12 @@ def _caption(table: pd.DataFrame) -> str:
     attrs = table.attrs
     attack = attrs.get("attack", "?")
     under = "the pointwise worst case over all attacks" if attack == WORST else attack
-    text = (f"{attrs.get('dataset', '?')}, protocol {attrs.get('protocol', '?')}: accuracy (%) under {under}; "
+    text = (f"{attrs.get('dataset', '?')}, protocol {attrs.get('protocol', '?')}: accuracy (%) under {under}, "
+            "the mean over training seeds ± the standard deviation of the per-seed values; "
             "Worst Avg is the Avg of the worst case over all attacks; "
-            f"RI against `{reference_defense()}` of the same preset, split, modalities, data and training seed.")
+            f"RI against `{reference_defense()}` of the same preset, split, modalities, data and training seed; "
+            "vs above: whether the row's Avg is significantly below the row above (<) or not (≈), by a paired "
+            "two-level bootstrap over seeds and test samples.")
     if KEPT in table.columns:
         text += (f" {STRONG_AVG}: the worst-case Avg of the same model under {STRONG}; {KEPT}: the share of "
                  "Avg that survives it.")
@@ -323,28 +514,68 @@ def _caption(table: pd.DataFrame) -> str:
 
 def _md_cell(value: Any) -> str:
     if isinstance(value, float):
-        return "" if np.isnan(value) else f"{value:.2f}"
+        return "" if np.isnan(value) else f"{round(value, 2) + 0.0:.2f}"  # + 0.0: no "-0.00"
     return "" if value is None else str(value)
+
+
+def _number_columns(table: pd.DataFrame) -> list[str]:
+    return [c for c in table.columns
+            if (c[:1] in "✓✗" or c in ("Avg", "RI", "Worst Avg", STRONG_AVG, KEPT)) and f"{c} sd" in table.columns]
+
+
+def _shown(table: pd.DataFrame) -> tuple[list[list[str]], list[list[str]], list[str]]:
+    """The cells of the main table (``mean ± sd``) and of the interval table (``[low, high]``), and the
+    number columns that have intervals."""
+    numbers = _number_columns(table)
+    main = [c for c in table.columns if not c.endswith((" sd", " low", " high"))]
+    with_interval = [c for c in numbers if table[f"{c} low"].notna().any()]
+    cells, intervals = [], []
+    for _, row in table.iterrows():
+        line = []
+        for column in main:
+            value = row[column]
+            if column in numbers and not np.isnan(row[f"{column} sd"]):
+                line.append(f"{_md_cell(value)} ± {_md_cell(row[f'{column} sd'])}")
+            else:
+                line.append(_md_cell(value))
+        cells.append(line)
+        if row["source"] == "measured" and with_interval:
+            intervals.append([row["defense"], row["seeds"]] + [
+                "" if np.isnan(row[f"{c} low"]) else f"[{_md_cell(row[f'{c} low'])}, {_md_cell(row[f'{c} high'])}]"
+                for c in with_interval])
+    return cells, intervals, with_interval
 
 
 def render(table: pd.DataFrame, fmt: str) -> str:
     """The table as markdown (``md``), ``csv`` or ``html``; deterministic, no timestamps.
 
-    Markdown and HTML show two decimals, a caption and the footnotes; CSV keeps
-    full precision and only the rows.
+    Markdown and HTML show two decimals, each mean with its spread over seeds,
+    a caption, a second table of the 95 % intervals and the footnotes; CSV
+    keeps full precision, every column (``<column> sd``, ``low``, ``high``)
+    and only the rows.
     """
     if fmt == "csv":
         return table.to_csv(index=False, lineterminator="\n")
     footnotes = table.attrs.get("footnotes", [])
+    numbers = _number_columns(table)
+    main = [c for c in table.columns if not c.endswith((" sd", " low", " high"))]
+    cells, intervals, with_interval = _shown(table)
+    interval_caption = ("95 % intervals over training seeds and test samples (two-level bootstrap, "
+                        f"{stats.DRAWS} draws; one seed: over test samples only):")
     if fmt == "md":
-        cells = [[_md_cell(value) for value in row] for row in table.itertuples(index=False)]
-        numbers = [c for c in table.columns if c[:1] in "✓✗" or c in ("Avg", "RI", "Worst Avg", STRONG_AVG, KEPT)]
-        align = ["right" if column in numbers else "left" for column in table.columns]
-        body = tabulate(cells, headers=list(table.columns), tablefmt="pipe", colalign=align, disable_numparse=True)
+        align = ["right" if column in numbers else "left" for column in main]
+        body = tabulate(cells, headers=main, tablefmt="pipe", colalign=align, disable_numparse=True)
         text = f"{_caption(table)}\n\n{body}\n"
+        if intervals:
+            second = tabulate(intervals, headers=["defense", "seeds", *with_interval], tablefmt="pipe",
+                              colalign=["left", "left"] + ["right"] * len(with_interval), disable_numparse=True)
+            text += f"\n{interval_caption}\n\n{second}\n"
         return text + ("\n" + "".join(f"- {note}\n" for note in footnotes) if footnotes else "")
     if fmt == "html":
-        body = table.to_html(index=False, na_rep="", float_format="{:.2f}".format)
+        body = pd.DataFrame(cells, columns=main).to_html(index=False, na_rep="")
+        if intervals:
+            body += (f"\n<p>{html.escape(interval_caption)}</p>\n"
+                     + pd.DataFrame(intervals, columns=["defense", "seeds", *with_interval]).to_html(index=False))
         notes = "".join(f"<p>{html.escape(note)}</p>\n" for note in footnotes)
         return f"<p>{html.escape(_caption(table))}</p>\n{body}\n{notes}"
     raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")

@@ -15,27 +15,28 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from mmrobust.config import RunConfig
-from mmrobust.datasets.base import Dataset, DatasetBundle
+from mmrobust.datasets.base import Dataset, DatasetBundle, Split
 from mmrobust import runtime
 from mmrobust.defense import Defense, TrainContext, adaptive_views, build_defense, defend, reference_defense
 from mmrobust.files import LOCK_FILE, exclusive, write_json
 from mmrobust.metrics import fill_ri, robust_metrics
 from mmrobust.model import MultimodalNet, unimodal_modalities
 from mmrobust.presets import get_preset, model_for
-from mmrobust.protocol import STANDARD_V1, Protocol, evaluate, get_protocol, ordering_checks
+from mmrobust.protocol import STANDARD_V1, AttackSetting, Protocol, evaluate, get_protocol, ordering_checks
 from mmrobust.registry import DATASETS
 from mmrobust.results import (OlderRecordError, OutcomeStore, Record, RecordError, device_name, find_reference,
                               outcome_key, provenance, records_beside, save_torch)
-from mmrobust.training import (CHECKPOINT_FORMAT, check_resume_state, load_checkpoint, load_model_state,
-                               resolve_device, train)
+from mmrobust.training import (CHECKPOINT_FORMAT, check_resume_state, convergence, load_checkpoint,
+                               load_model_state, resolve_device, train)
 
 log = logging.getLogger(__name__)
 
@@ -166,14 +167,73 @@ def execute(config: RunConfig, run_dir: Path, *, resume: dict[str, Any] | None =
         write_json(run_dir / "config.json", config.to_dict())
         if resume is not None:
             load_model_state(exp.model, resume, run_dir / "checkpoint.pt")
-        result = train(exp.model, exp.defense, exp.data.train, config, config.epochs, run_dir, device=exp.device,
-                       resume=resume, progress=progress, after_epoch=after_epoch)
-        exp.defense.after_training(exp.model, exp.data.train,
+        train_split, heldout = hold_out(exp.data, config.holdout)
+        validate_fn = heldout_validation(heldout, config, protocol, exp) if heldout is not None else None
+        result = train(exp.model, exp.defense, train_split, config, config.epochs, run_dir, device=exp.device,
+                       resume=resume, progress=progress, after_epoch=after_epoch, validate=validate_fn)
+        exp.defense.after_training(exp.model, train_split,
                                    TrainContext(device=exp.device, modalities=config.modalities))
         save_final_model(exp.model, config, run_dir)
         training = {"epochs": config.epochs, "final_loss": result.history[-1]["loss"] if result.history else None,
                     "seconds": result.seconds}
+        if heldout is not None:
+            training["heldout"] = {"share": config.holdout, "size": len(heldout), "steps": config.holdout_steps,
+                                   "last": {k: v for k, v in result.history[-1].items() if k.startswith("heldout_")}
+                                   if result.history else {}}
+            training["convergence"] = convergence(result.history)
         return evaluate_experiment(exp, run_dir, protocol, training=training, started=started, progress=progress)
+
+
+HOLDOUT_SEED = 0  # the held-out subjects do not change with the training seed: every seed is scored alike
+
+
+def heldout_mask(data: DatasetBundle, share: float) -> np.ndarray | None:
+    """True for the training samples held out of training (None when ``share`` is 0).
+
+    Whole subjects are held out where the dataset names them
+    (``DatasetBundle.train_subjects``), so that held-out accuracy measures
+    what the test split measures, generalisation to unseen people; otherwise
+    samples. At least one subject (sample) is held out and at least one kept;
+    which ones depends on the data alone, not on the training seed.
+    """
+    if share <= 0:
+        return None
+    groups = data.train_subjects if data.train_subjects is not None else np.arange(len(data.train))
+    if len(groups) != len(data.train):
+        raise ValueError(f"{data.name}: {len(groups)} training subjects for {len(data.train)} training samples")
+    names = np.unique(groups)
+    if len(names) < 2:
+        raise ValueError(f"{data.name}: --holdout needs at least 2 training subjects to keep one out, found "
+                         f"{len(names)}")
+    count = min(len(names) - 1, max(1, round(share * len(names))))
+    chosen = np.random.default_rng([HOLDOUT_SEED, len(data.train)]).choice(names, size=count, replace=False)
+    return np.isin(groups, chosen)
+
+
+def hold_out(data: DatasetBundle, share: float) -> tuple[Split, Split | None]:
+    """The training split without its held-out part (:func:`heldout_mask`), and that part (None when
+    ``share`` is 0)."""
+    held = heldout_mask(data, share)
+    if held is None:
+        return data.train, None
+    return data.train.take(np.flatnonzero(~held)), data.train.take(np.flatnonzero(held))
+
+
+def heldout_validation(heldout: Split, config: RunConfig, protocol: Protocol,
+                       exp: Experiment) -> Callable[[torch.nn.Module], dict[str, float]]:
+    """Clean accuracy and PGD robust accuracy on every attack target of the held-out split, in percent."""
+    pgd = Protocol(name="heldout", eps=protocol.eps, attacks=(AttackSetting(
+        "pgd", "pgd", (("steps", config.holdout_steps), ("rel_step", 0.25), ("random_start", True))),))
+
+    def validate(model: torch.nn.Module) -> dict[str, float]:
+        evaluation = evaluate(model, heldout, pgd, modalities=config.modalities, batch_size=config.eval_batch_size,
+                              device=exp.device, codes=exp.data.codes, padding=exp.data.padding)
+        robust = {code: 100.0 * float(correct.mean()) for code, correct in evaluation.robust["pgd"].items()}
+        return {"heldout_clean": 100.0 * float(evaluation.clean.mean()),
+                **{f"heldout_{code}": value for code, value in robust.items()},
+                "heldout_avg": float(np.mean(list(robust.values())))}
+
+    return validate
 
 
 def save_final_model(model: torch.nn.Module, config: RunConfig, run_dir: Path) -> None:

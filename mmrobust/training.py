@@ -130,13 +130,17 @@ def _read_log(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
 
 def train(model: nn.Module, defense: Defense, data: Split, config: RunConfig, epochs: int, run_dir: Path,
           *, device: torch.device, resume: dict[str, Any] | None = None, progress: bool = True,
-          after_epoch: Callable[[int], None] | None = None) -> TrainResult:
+          after_epoch: Callable[[int], None] | None = None,
+          validate: Callable[[nn.Module], dict[str, float]] | None = None) -> TrainResult:
     """Train ``model`` in place for ``epochs`` epochs, checkpointing into ``run_dir``.
 
     Args:
         resume: a checkpoint from :func:`load_checkpoint` to continue from.
         after_epoch: called with the finished epoch index after its checkpoint
             is on disk (tests use it to simulate a crash).
+        validate: scores the model after every epoch (held-out accuracies);
+            its numbers join the epoch's log line. It runs under its own RNG
+            state, so the weights are those of a run without it.
     """
     from tqdm.auto import tqdm
 
@@ -183,6 +187,10 @@ def train(model: nn.Module, defense: Defense, data: Split, config: RunConfig, ep
         correct = _accuracy_counts(model, monitor, config.batch_size * 4, device, ctx.modalities)
         row = {"epoch": epoch, "loss": total_loss / seen, "train_accuracy": 100.0 * correct / len(monitor),
                "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - epoch_start}
+        if validate is not None:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                row.update(validate(model))
+            row["validation_seconds"] = time.perf_counter() - epoch_start - row["seconds"]
         history.append(row)
         save_torch(run_dir / "checkpoint.pt", {
             "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "epochs": epochs, "config": config.to_dict(),
@@ -192,8 +200,11 @@ def train(model: nn.Module, defense: Defense, data: Split, config: RunConfig, ep
         write_text(log_path, "".join(json.dumps(r) + "\n" for r in history))
         log.info("epoch %d/%d loss %.4f train acc %.2f%%", epoch + 1, epochs, row["loss"], row["train_accuracy"])
         if progress:
+            heldout = "".join(f", {key.removeprefix('heldout_')} {value:.1f}%" for key, value in row.items()
+                              if key.startswith("heldout_"))
             tqdm.write(f"epoch {epoch + 1}/{epochs}: loss {row['loss']:.4f}, train accuracy "
-                       f"{row['train_accuracy']:.1f}%, {row['seconds']:.1f}s")
+                       f"{row['train_accuracy']:.1f}%{' (held out' + heldout + ')' if heldout else ''}, "
+                       f"{row['seconds']:.1f}s")
         if after_epoch is not None:
             after_epoch(epoch)
     return TrainResult(epochs_run=epochs - start_epoch, seconds=time.perf_counter() - started, history=history)
@@ -221,3 +232,17 @@ def _accuracy_counts(model: nn.Module, data: Split, batch_size: int, device: tor
                      modalities: tuple[str, ...]) -> int:
     predictions = predict(model, data, batch_size, device, modalities)
     return int((predictions == torch.from_numpy(data.labels)).sum())
+
+
+def convergence(history: list[dict[str, Any]], keys: tuple[str, ...] = ("heldout_clean", "heldout_avg"),
+                limit: float = 1.0) -> dict[str, Any] | None:
+    """How much the last quarter of epochs moved each held-out accuracy in ``keys`` (points, from the epoch
+    before that quarter to the last), and whether every change is under ``limit``; None without held-out
+    numbers or with fewer than 2 epochs."""
+    rows = [row for row in history if all(key in row for key in keys)]
+    if len(rows) < 2 or len(rows) != len(history):
+        return None
+    window = max(1, math.ceil(len(rows) / 4))
+    changes = {key: rows[-1][key] - rows[-1 - window][key] for key in keys}
+    return {"window": window, "changes": changes, "limit": limit,
+            "converged": all(abs(change) < limit for change in changes.values())}

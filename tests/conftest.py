@@ -49,10 +49,12 @@ def _registered_small_synthetic():
 
             def load(self, request: DataRequest) -> DatasetBundle:
                 full = DATASETS.get("synthetic")().load(request)
-                train = full.train.take(np.arange(0, len(full.train), 5))
+                kept = np.arange(0, len(full.train), 5)
+                train = full.train.take(kept)
                 test = full.test.take(np.arange(0, len(full.test), 3))
                 return dataclasses.replace(full, name=SMALL_DATASET, train=train, test=test,
-                                           fingerprint=f"{full.fingerprint}-small", joints_in_frames=None)
+                                           fingerprint=f"{full.fingerprint}-small", joints_in_frames=None,
+                                           train_subjects=full.train_subjects[kept])
 
         yield SMALL_DATASET
 

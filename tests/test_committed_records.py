@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mmrobust import canary
+from mmrobust import canary, claims
 from mmrobust.leaderboard import build_table, load_records, render
 from mmrobust.protocol import get_protocol
 from mmrobust.registry import DEFENSES
@@ -36,6 +36,12 @@ def test_committed_leaderboard_regenerates_identically(fmt, protocol, monkeypatc
     table = build_table(records, "synthetic", protocol=protocol)
     assert render(table, fmt) == (BOARD / f"{protocol}.{fmt}").read_text()
     assert set(DEFENSES.names()) <= set(table["defense"])
+
+
+def test_committed_claims_regenerate_identically(monkeypatch):
+    monkeypatch.chdir(BOARD.parent.parent)
+    records = load_records([Path("leaderboards/synthetic/records")], strict=True)
+    assert claims.render(claims.report_protocols(records, "synthetic")) == (BOARD / "claims.md").read_text()
 
 
 def test_committed_records_were_made_under_the_protocols_as_they_are():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -73,8 +74,19 @@ def test_sweep_writes_records_and_leaderboard_then_reuses_and_guards_runs(tmp_pa
 
     second = _sweep(tmp_path, one_epoch_dataset)
     assert second.exit_code == 0, second.output
-    assert "none: finished earlier" in second.output and "minsim: finished earlier" in second.output
+    assert "none seed 0: finished earlier" in second.output and "minsim seed 0: finished earlier" in second.output
     assert json.loads((board / "records" / "minsim-tiny-s0.json").read_text()) == record
+
+    # A second seed: seed 0 is reused, seed 1 trained; one row per defense over its seeds, and the claims.
+    seeded = CliRunner().invoke(cli, ["sweep", "--dataset", one_epoch_dataset, "--defenses", "none", "--device",
+                                      "cpu", "--quiet", "--runs", str(tmp_path / "runs"), "--out",
+                                      str(tmp_path / "boards"), "--seeds", "0", "1"])
+    assert seeded.exit_code == 0, seeded.output
+    assert "none seed 0: finished earlier" in seeded.output and "none seed 1: running" in seeded.output
+    assert (board / "records" / "none-tiny-s1.json").is_file()
+    rows = pd.read_csv(board / "standard-v1.csv", dtype={"seeds": str})
+    assert dict(zip(rows["defense"], rows["seeds"], strict=True)) == {"none": "0,1", "minsim": "0"}
+    assert "seeds 0 / 0,1" in (board / "claims.md").read_text()
 
     stale = dict(record, data={**record["data"], "fingerprint": "older-generator"})
     (run / "result.json").write_text(json.dumps(stale))

@@ -169,6 +169,9 @@ class DatasetBundle:
         info: provenance as plain JSON values (cache, spec, per-split sample names, ...).
         modality_info: the dataset's :class:`Modality` for each modality in
             the splits (see :attr:`codes`).
+        train_subjects: the subject (performer) of each training sample,
+            where the dataset knows it; a held-out part of the training data
+            (``RunConfig.holdout``) is then whole subjects.
     """
 
     name: str
@@ -187,6 +190,7 @@ class DatasetBundle:
     joints_in_frames: Callable[[str, int], np.ndarray] | None = None
     # The dataset's description of each modality in the splits, by name.
     modality_info: dict[str, Modality] = field(default_factory=dict)
+    train_subjects: np.ndarray | None = None
 
     @property
     def modalities(self) -> tuple[str, ...]:

@@ -525,4 +525,5 @@ class Synthetic(Dataset):
             info={"cache": str(path), "spec": meta["spec"]},
             joints_in_frames=joints_in_frames,
             modality_info=describe_modalities(self.modalities, ("rgb", "skeleton")),
+            train_subjects=np.asarray(splits["train"]["subject"]),
         )
