@@ -33,11 +33,20 @@ forward and backward, so 50 iterations add under half of the tiny network's
 own forward-backward (0.30 s) to every attack step; raise ``iterations`` at
 paper scale, where the network dominates.
 
-Training: ``exfmem`` trains like ``none`` (cross-entropy; the banks are empty,
-so the filter is the identity) and fills its banks after training;
-``minsim+exfmem`` trains with the MinSim loss and then fills them (the authors'
-pipeline: a MinSim model, then the memory). The release also fine-tunes the
-network through the ISTA block afterwards; this does not.
+Training: as released, the network is fine-tuned through the filled memory.
+The release fills the banks from a trained model, freezes them ("--dic fix")
+and fine-tunes the whole network through the ISTA block with the defense's
+loss at a low learning rate (1e-4 for the frame net, 1e-3 for the sound net
+and classifier). Here every defense gets the same epochs, so the fine-tuning
+is the last quarter of the schedule (``finetune``; 2 of the 8 synthetic
+epochs), where the cosine learning rate has fallen below 15 % of its peak:
+the banks are filled at the start of epoch ⌊(1 − finetune)·E⌋ + 1 from the
+model as it is then, stay frozen, and the remaining epochs train through the
+filter. ``exfmem`` trains with cross-entropy, ``minsim+exfmem`` with the
+MinSim loss (the authors' pipeline: a MinSim model, then the memory, then
+fine-tuning with CE + MinSim). With ``finetune = 0``, or a schedule too short
+to give it a whole epoch, the banks are filled after training and nothing is
+fine-tuned.
 
 Bank contents: the embeddings, before any filter, of the model in eval mode on
 the first ``bank_size`` training samples of a fixed permutation (seed 0) of the
@@ -52,10 +61,12 @@ Example::
 
     mmrobust run --defense exfmem --dataset synthetic
     mmrobust run --defense minsim+exfmem --dataset synthetic --defense-param iterations=100
+    mmrobust run --defense exfmem --dataset synthetic --defense-param finetune=0   # banks after training only
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,18 +90,22 @@ class Params:
         lam: λ, the L1 weight of the LASSO (0.1 as released).
         iterations: ISTA iterations, fixed so no sample depends on another.
         blend: a, the weight of the sparse reconstruction (0.5 as released).
+        finetune: the share of the training epochs, at the end, trained
+            through the filled, frozen banks.
     """
 
     bank_size: int = 1024
     lam: float = 0.1
     iterations: int = 50
     blend: float = 0.5
+    finetune: float = 0.25
 
     def __post_init__(self) -> None:
         check_number("bank_size", self.bank_size, 1, integer=True)
         check_number("lam", self.lam, 0.0)
         check_number("iterations", self.iterations, 1, integer=True)
         check_number("blend", self.blend, 0.0, 1.0)
+        check_number("finetune", self.finetune, 0.0, 1.0)
 
 
 def soft_threshold(z: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tensor:
@@ -171,7 +186,22 @@ class ExFMem(Defense):
                                                    p.blend)
         return model
 
+    def finetune_from(self, epochs: int) -> int | None:
+        """The epoch (0-based) at whose start the banks are filled, or None when nothing is fine-tuned."""
+        fine = math.floor(self.params.finetune * epochs)
+        return epochs - fine if 0 < fine < epochs else None
+
+    def before_epoch(self, model: nn.Module, train: Any, ctx: TrainContext) -> None:
+        """At the first fine-tuning epoch, fill the banks from the model as it is."""
+        if ctx.epoch == self.finetune_from(ctx.epochs):
+            self.fill(model, train, ctx)
+
     def after_training(self, model: nn.Module, train: Any, ctx: TrainContext) -> None:
+        """Fill the banks unless fine-tuning did (they then stay as they were filled, frozen)."""
+        if not all(bool(f.filled) for f in model.filters.values() if isinstance(f, MemoryFilter)):
+            self.fill(model, train, ctx)
+
+    def fill(self, model: nn.Module, train: Any, ctx: TrainContext) -> None:
         """Fill every bank with the embeddings of the first ``bank_size`` training samples."""
         filters = {m: f for m, f in model.filters.items() if isinstance(f, MemoryFilter)}
         for memory in filters.values():

@@ -59,12 +59,14 @@ class TrainContext:
         generator: seeded generator for any randomness of the defense
             (random starts of a training adversary), so training is reproducible.
         modalities: the model's modalities.
+        epochs: the length of the training schedule (0 outside training).
     """
 
     device: torch.device
     epoch: int = 0
     generator: torch.Generator | None = None
     modalities: tuple[str, ...] = ()
+    epochs: int = 0
 
 
 class Defense:
@@ -96,6 +98,12 @@ class Defense:
 
     def loss(self, model: nn.Module, batch: Batch, ctx: TrainContext) -> torch.Tensor:
         return F.cross_entropy(logits_of(model(batch)), batch["label"])
+
+    def before_epoch(self, model: nn.Module, train: Any, ctx: TrainContext) -> None:
+        """Called at the start of every training epoch (``ctx.epoch`` of ``ctx.epochs``), before its first
+        batch, with the training split; a resumed run calls it again for the epoch it resumes. Default:
+        nothing."""
+        return None
 
     def after_training(self, model: nn.Module, train: Any, ctx: TrainContext) -> None:
         return None
@@ -243,7 +251,7 @@ def combine(*names: str) -> type[Defense]:
     """One defense made of the registered defenses ``names``, applied in order.
 
     Its parameters are the union of theirs (a name used by two is an error);
-    ``build`` and ``after_training`` run each part's in order; the training
+    ``build``, ``before_epoch`` and ``after_training`` run each part's in order; the training
     loss and the surrogate come from the one part that defines each (two
     parts defining the same one is an error); ``requires`` is the union.
     The parts are looked up by name when the combination is first built, so
@@ -281,6 +289,10 @@ def combine(*names: str) -> type[Defense]:
 
         def loss(self, model: nn.Module, batch: Batch, ctx: TrainContext) -> torch.Tensor:
             return self._loss.loss(model, batch, ctx) if self._loss else super().loss(model, batch, ctx)
+
+        def before_epoch(self, model: nn.Module, train: Any, ctx: TrainContext) -> None:
+            for member in self.members:
+                member.before_epoch(model, train, ctx)
 
         def after_training(self, model: nn.Module, train: Any, ctx: TrainContext) -> None:
             for member in self.members:

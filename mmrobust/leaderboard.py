@@ -321,10 +321,21 @@ class _Row:
                 if all(t is not None and len(t["clean"]) == len(s["clean"])
                        for t, s in zip(strong_scores, per_record, strict=True)):
                     self.scores[STRONG_AVG] = np.stack([t["avg"] for t in strong_scores])
-        self.flags = self._flags(common_settings)
+        self.flags = self._flags(common_settings, twins)
 
-    def _flags(self, common_settings: str | None) -> str:
-        per_record = [_flags(r, common_settings).split() for r in self.records]
+    def _flags(self, common_settings: str | None, twins: Mapping[int, Record | None]) -> str:
+        """Each record's flags, and the attack-failure indicators its strong-v1 twin tripped (gradient
+        masking shown beside the standard-v1 numbers it inflates); a flag not raised for every seed names
+        the seeds that raised it."""
+        per_record = []
+        for record in self.records:
+            marks = _flags(record, common_settings).split()
+            twin = twins.get(id(record))
+            tripped = sorted(k for k, ok in ((twin.flags.get("indicators") or {}) if twin else {}).items()
+                             if ok is False)
+            if tripped:
+                marks.append(f"{STRONG}:attack-failure!({','.join(tripped)})")
+            per_record.append(marks)
         marks = []
         for mark in dict.fromkeys(m for flags in per_record for m in flags):
             having = [seed for seed, flags in zip(self.seeds, per_record, strict=True) if mark in flags]

@@ -160,11 +160,12 @@ def train(model: nn.Module, defense: Defense, data: Split, config: RunConfig, ep
     history = _read_log(log_path, start_epoch)
     started = time.perf_counter()
     for epoch in range(start_epoch, epochs):
-        model.train()
         epoch_start = time.perf_counter()
         shuffle = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         ctx = TrainContext(device=device, epoch=epoch, generator=torch.Generator(device=device).manual_seed(
-            config.seed * 100_019 + epoch), modalities=tuple(getattr(model, "modalities", ())))
+            config.seed * 100_019 + epoch), modalities=tuple(getattr(model, "modalities", ())), epochs=epochs)
+        defense.before_epoch(model, data, ctx)
+        model.train()
         total_loss, correct, seen = 0.0, 0, 0
         batches = data.batches(config.batch_size, shuffle=True, generator=shuffle,
                                modalities=ctx.modalities or None)

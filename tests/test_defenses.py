@@ -184,10 +184,10 @@ def test_a_missing_required_modality_is_named(name):
 @pytest.mark.parametrize("name, key, value", [
     ("amr", "amrs", 0), ("amr", "amrs", 5), ("amr", "lam", -0.5), ("amr", "init", 0.0), ("amr", "amrs", 1.5),
     ("at-r", "eps", 0.0), ("at-s", "eps", 2.0), ("at-rs", "steps", 0), ("at-rs", "rel_step", -1.0),
-    ("at-rs", "random_start", "yes"), ("minsim", "dim", 0), ("minsim", "weight", -1.0),
+    ("at-rs", "random_start", "yes"), ("exfmem", "finetune", 1.5), ("minsim", "weight", -1.0),
     ("minsim", "adversarial", 1), ("exfmem", "blend", 1.5), ("exfmem", "lam", -0.1),
     ("exfmem", "bank_size", 0), ("exfmem", "lam", math.nan), ("minsim+exfmem", "iterations", 0),
-    ("minsim+exfmem", "dim", 0),
+    ("minsim+exfmem", "finetune", -0.1),
 ])
 def test_an_out_of_range_value_is_named_with_its_range(name, key, value):
     with pytest.raises(ValueError, match=re.escape(f"defense '{name}': {key} must be ")):
@@ -241,8 +241,8 @@ def test_at_adversary_is_reproducible_from_the_context_generator():
 
 # -- MinSim ---------------------------------------------------------------------------------------------
 
-def test_minsim_loss_is_cross_entropy_plus_the_projected_cosine():
-    defense, model = defended("minsim", weight=0.7, dim=16)
+def test_minsim_loss_is_cross_entropy_plus_the_cosine_of_the_embeddings_themselves():
+    defense, model = defended("minsim", weight=0.7)
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
@@ -250,13 +250,29 @@ def test_minsim_loss_is_cross_entropy_plus_the_projected_cosine():
     batch = random_batch()
     loss = defense.loss(model, batch, context(model=model))
     output = model(batch)
-    projection = model.minsim_projection
-    cosine = F.cosine_similarity(output.embeddings["rgb"] @ projection["rgb"].weight.T,
-                                 output.embeddings["skeleton"] @ projection["skeleton"].weight.T, dim=1)
+    cosine = F.cosine_similarity(output.embeddings["rgb"], output.embeddings["skeleton"], dim=1)
     expected = F.cross_entropy(output.logits, batch["label"]) + 0.7 * cosine.mean()
     torch.testing.assert_close(loss, expected)
-    assert {k for k in model.state_dict() if k.startswith("minsim_projection.")} == {
-        "minsim_projection.rgb.weight", "minsim_projection.skeleton.weight"}
+    # nothing learned stands between the term and the backbones
+    assert model.state_dict().keys() == tiny_model().state_dict().keys()
+
+
+def test_minsim_maps_a_wider_embedding_by_a_fixed_non_negative_mean():
+    from mmrobust.defenses.minsim import common_width, mean_cosine
+
+    wide = torch.rand(3, 8, generator=torch.Generator().manual_seed(0))
+    narrow = torch.rand(3, 2, generator=torch.Generator().manual_seed(1))
+    mapped = common_width({"rgb": wide, "skeleton": narrow})
+    torch.testing.assert_close(mapped["rgb"], wide.view(3, 2, 4).mean(-1))   # groups of 4 consecutive units
+    assert mapped["skeleton"] is narrow
+    # non-negative embeddings keep a cosine in [0, 1], 0 only on disjoint units
+    assert 0 <= float(mean_cosine({"rgb": wide, "skeleton": narrow})) <= 1
+    disjoint = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0, 0, 0, 0]])
+    assert float(mean_cosine({"rgb": disjoint, "skeleton": torch.tensor([[0.0, 2.0]])})) == 0.0
+    # the term reaches the wider embedding through every unit: no null space to hide in
+    wide = wide.clone().requires_grad_(True)
+    mean_cosine({"rgb": wide, "skeleton": narrow}).backward()
+    assert bool((wide.grad != 0).all())
 
 
 # -- ExFMem ---------------------------------------------------------------------------------------------
@@ -377,7 +393,7 @@ def test_minsim_exfmem_trains_with_the_minsim_loss_and_has_both_parts():
     batch = random_batch()
     torch.testing.assert_close(loss_with_seed(defense, model, batch), loss_with_seed(build_defense(
         "minsim", {"weight": 0.5}), minsim, batch))
-    assert hasattr(model, "minsim_projection") and set(model.filters) == set(SHAPES)
+    assert set(model.filters) == set(SHAPES)
 
 
 # -- AMR ------------------------------------------------------------------------------------------------
@@ -484,3 +500,32 @@ def test_amr_blocks_skip_pooling_stages_of_the_full_i3d_and_stop_at_the_first_bl
     assert last_blocks(hcn, 3) == ["conv6", "conv5", "conv4"]
     with pytest.raises(ValueError, match="amrs=7"):
         last_blocks(hcn, 7)
+
+
+def test_exfmem_fine_tunes_the_last_quarter_through_frozen_banks():
+    from mmrobust.defenses.exfmem import MemoryFilter
+
+    defense, model = defended("exfmem", bank_size=4)
+    assert [defense.finetune_from(e) for e in (1, 3, 4, 8)] == [None, None, 3, 6]
+    assert build_defense("exfmem", {"finetune": 0}).finetune_from(8) is None
+    split = tiny_split(size=6)
+    for epoch in range(3):  # the main schedule leaves the banks empty: the filter is the identity
+        defense.before_epoch(model, split, TrainContext(device=torch.device("cpu"), epoch=epoch, epochs=4))
+        assert not any(bool(f.filled) for f in model.filters.values())
+    defense.before_epoch(model, split, TrainContext(device=torch.device("cpu"), epoch=3, epochs=4))
+    filters = [f for f in model.filters.values() if isinstance(f, MemoryFilter)]
+    assert filters and all(bool(f.filled) for f in filters)
+    banks = [f.bank.clone() for f in filters]
+    # fine-tuning moves the network, and its gradients pass through the filled filter
+    model.train()
+    loss = defense.loss(model, random_batch(), context(model=model))
+    loss.backward()
+    assert any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in model.parameters())
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.01)
+    defense.after_training(model, split, TrainContext(device=torch.device("cpu")))
+    assert all(torch.equal(f.bank, bank) for f, bank in zip(filters, banks, strict=True))  # frozen, not refilled
+    fresh_defense, fresh = defended("exfmem", bank_size=4, finetune=0)
+    fresh_defense.after_training(fresh, split, TrainContext(device=torch.device("cpu")))
+    assert all(bool(f.filled) for f in fresh.filters.values() if isinstance(f, MemoryFilter))

@@ -246,3 +246,18 @@ def test_bad_seed_options_are_refused_before_any_work(args, message, tmp_path):
     result = CliRunner().invoke(cli, ["sweep", "--runs", str(tmp_path / "runs"), *args])
     assert result.exit_code == 2 and message in result.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_gradient_masking_found_by_strong_v1_is_shown_beside_the_standard_row(tmp_path):
+    rng = np.random.default_rng(9)
+    clean, robust = outcomes(rng, 0.9, {"R": 0.1, "S": 0.7, "RS": 0.05})
+    write_record(tmp_path, "minsim", 0, clean, robust)
+    strong = write_record(tmp_path, "minsim", 0, clean, {t: v & (rng.random(SAMPLES) < 0.5)
+                                                         for t, v in robust.items()},
+                          protocol="strong-v1", attack="apgd-ce")
+    record = json.loads(strong.read_text())
+    record["flags"]["indicators"] = {"gradients_available": False, "loss_rises": True}
+    strong.write_text(json.dumps(record))
+    row = build_table(load_records([tmp_path]), "synthetic").iloc[0]
+    assert row["flags"] == "strong-v1:attack-failure!(gradients_available)"
+    assert not np.isnan(row["strong-v1 Avg"])
