@@ -95,8 +95,8 @@ class MultimodalNet(nn.Module):
         """A model with this one's branches, mixers, fusion head and dropout (the very modules, not
         copies) and the embedding ``filters`` given: the same forward except for the filters.
 
-        Other attributes a defense added (modules only its loss uses, such as
-        MinSim's projections) are not carried over; the forward never reads them.
+        Other attributes a defense added (modules only its loss uses) are not
+        carried over; the forward never reads them.
         """
         twin = MultimodalNet.__new__(type(self))
         nn.Module.__init__(twin)
