@@ -38,7 +38,7 @@ from pathlib import Path
 from mmrobust import stats
 from mmrobust.defense import reference_defense
 from mmrobust.files import write_text
-from mmrobust.leaderboard import STANDARD, STRONG, default_attack, model_rows
+from mmrobust.leaderboard import STANDARD, STRONG, default_attack, model_rows, recipe
 from mmrobust.results import Record
 
 MARGIN = 5.0     # points: a smaller gain over the undefended model is no protection
@@ -132,8 +132,9 @@ def judge(records: Iterable[Record], dataset: str, protocol: str = STANDARD, att
     attack = attack or default_attack(protocol)
     ordered, codes, _ = model_rows(records, dataset, protocol, attack)
     rows = {}
-    for row in ordered:  # claims speak of defenses: the first (best) row of each
-        rows.setdefault(row.records[0].defense, row)
+    for row in ordered:  # claims speak of defenses trained from scratch on all training data: the best row of each
+        if recipe(row.records[0]) == "scratch":
+            rows.setdefault(row.records[0].defense, row)
     clean = "✓" + max(codes, key=len, default="")
     verdicts = []
     for label, claim, tests in CLAIMS:

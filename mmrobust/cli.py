@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mmrobust.config import RunConfig
+from mmrobust.config import RECIPES, RunConfig
 from mmrobust.files import DiskFullError, FolderInUseError
 from mmrobust.registry import COMMANDS, REGISTRIES, DuplicateNameError, RegistryLoadError, UnknownNameError
 
@@ -133,6 +133,9 @@ def _names_option(value: str | None) -> tuple[str, ...] | None:
                    "and PGD robust accuracy per target, in train_log.jsonl; see `mmrobust plot-training`).")
 @click.option("--holdout-steps", default=10, show_default=True, type=click.IntRange(min=1),
               help="PGD steps of the held-out robust accuracy.")
+@click.option("--recipe", default="scratch", show_default=True, type=click.Choice(list(RECIPES)),
+              help="warm-start: begin from the trained weights of the reference defense's run of the same data, "
+                   "seed and holdout beside the run directory (run it first).")
 @click.option("--eval-batch-size", default=64, show_default=True, type=click.IntRange(min=1),
               help="Samples attacked together.")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
@@ -499,10 +502,14 @@ def leaderboard(dataset: str | None, protocol: str, attack: str, fmt: str, sourc
               help="Leaderboard folder; the records behind it are copied to <out>/<dataset>/records/.")
 @click.option("--protocols", default=None, metavar="P[,P]",
               help="Protocols to evaluate under besides standard-v1, e.g. strong-v1 (each gets its table).")
+@click.option("--recipe", default="scratch", show_default=True, type=click.Choice(list(RECIPES)),
+              help="Training recipe of every defense but the reference, which trains from scratch first.")
+@click.option("--holdout", default=0.0, show_default=True, type=click.FloatRange(0, 0.5),
+              help="Share of training subjects held out and scored every epoch (see `run --help`).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.argument("more_seeds", nargs=-1, type=int, metavar="")
 def sweep(dataset: str, defenses: str | None, preset: str, seeds_option: str | None, seed: int | None,
-          device: str, runs_dir: str, out: str, protocols: str | None, quiet: bool,
+          device: str, runs_dir: str, out: str, protocols: str | None, recipe: str, holdout: float, quiet: bool,
           more_seeds: tuple[int, ...]) -> None:
     """Run every defense on one dataset, then write its leaderboard with the records behind it.
 
@@ -530,7 +537,7 @@ def sweep(dataset: str, defenses: str | None, preset: str, seeds_option: str | N
     seeds = _seeds(seeds_option, seed, more_seeds)
     table = run_sweep(dataset, _names_option(defenses) or (), preset=preset, seeds=seeds, device=device,
                       runs_dir=Path(runs_dir), out=Path(out), protocols=_names_option(protocols) or (),
-                      progress=not quiet,
+                      recipe=recipe, holdout=holdout, progress=not quiet,
                       say=lambda line: click.echo(line, err=True))
     click.echo(render(table, "md"))
 

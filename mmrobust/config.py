@@ -22,6 +22,9 @@ from typing import Any
 
 from mmrobust.params import build_params, check_number
 
+#: Training recipes: from a random initialisation, or from the reference defense's trained weights.
+RECIPES = ("scratch", "warm-start")
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -51,6 +54,11 @@ class RunConfig:
             attack target. 0 trains on every training sample and logs no
             held-out curves.
         holdout_steps: PGD steps of the held-out robust accuracy.
+        recipe: ``scratch`` (random initialisation) or ``warm-start``: start
+            from the trained weights of the reference defense's (``none``)
+            run of the same data, preset, modalities, seed and holdout beside
+            the run directory, then train as usual (modules the defense adds
+            keep their initialisation).
     """
 
     dataset: str = "synthetic"
@@ -75,6 +83,7 @@ class RunConfig:
     eval_batch_size: int = 64
     holdout: float = 0.0
     holdout_steps: int = 10
+    recipe: str = "scratch"
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "eval_batch_size"):
@@ -84,6 +93,8 @@ class RunConfig:
         check_number("lr", self.lr, 0.0, low_open=True)
         check_number("holdout", self.holdout, 0.0, 0.5)
         check_number("holdout_steps", self.holdout_steps, 1, integer=True)
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         if self.eps is not None:  # checked here, not after a training epoch
             check_number("eps", self.eps, 0.0, 1.0, low_open=True)
 

@@ -134,9 +134,22 @@ def _modalities(record: Record) -> str:
     return "+".join(record.modalities)
 
 
-def _identity(record: Record) -> tuple[str, str, str, str, str]:
-    """What makes two records the same model: defense, preset, modalities, split, training seed."""
-    return record.defense, str(record.preset), _modalities(record), str(record.split), str(record.seed)
+def recipe(record: Record) -> str:
+    """How a record's model was trained beyond its defense: ``scratch``, or the recipe and held-out share
+    (``warm-start``, ``holdout 0.2``, ...)."""
+    parts = [str(record.config.get("recipe", "scratch"))]
+    holdout = record.config.get("holdout") or 0
+    if holdout:
+        parts.append(f"holdout {holdout:g}")
+    if len(parts) > 1 and parts[0] == "scratch":
+        parts = parts[1:]
+    return ", ".join(parts)
+
+
+def _identity(record: Record) -> tuple[str, str, str, str, str, str]:
+    """What makes two records the same model: defense, preset, modalities, split, recipe, training seed."""
+    return (record.defense, str(record.preset), _modalities(record), str(record.split), recipe(record),
+            str(record.seed))
 
 
 def _newest_per_model(records: list[Record]) -> tuple[list[Record], list[str]]:
@@ -150,7 +163,7 @@ def _newest_per_model(records: list[Record]) -> tuple[list[Record], list[str]]:
         kept.append(group[0])
         if len(group) > 1:
             ignored = ", ".join(sorted(r.source for r in group[1:]))
-            notes.append(f"{len(group)} records of {' / '.join(identity[:4])} / seed {identity[4]}; kept the "
+            notes.append(f"{len(group)} records of {' / '.join(identity[:5])} / seed {identity[5]}; kept the "
                          f"newest, {group[0].source}; ignored {ignored}")
     return kept, sorted(notes)
 
@@ -384,7 +397,9 @@ class _Row:
     def row(self, strong: bool) -> dict[str, Any]:
         """The table row: each number column's mean, spread and interval, then seeds, flags and runs."""
         record = self.records[0]
-        row: dict[str, Any] = {"defense": record.defense, "modalities": _modalities(record),
+        trained = recipe(record)
+        row: dict[str, Any] = {"defense": record.defense + ("" if trained == "scratch" else f" ({trained})"),
+                               "modalities": _modalities(record),
                                "preset": record.preset, "split": record.split}
         numbers = columns(self.codes, strong)[1]
         for column in numbers:
@@ -447,7 +462,7 @@ def model_rows(records: Iterable[Record], dataset: str, protocol: str = "standar
     twins = {id(r): _strong_twin(r, records) for r in chosen} if protocol == STANDARD else {}
     groups: dict[tuple, list[Record]] = {}
     for record in chosen:  # one row per model over its seeds (records of other data never share a row)
-        groups.setdefault((*_identity(record)[:4], record.fingerprint), []).append(record)
+        groups.setdefault((*_identity(record)[:5], record.fingerprint), []).append(record)
     rows = sorted((_Row(group, attack, chosen, common_settings, codes, twins) for group in groups.values()),
                   key=_Row.rank_key)
     return rows, codes, footnotes

@@ -60,6 +60,10 @@ def default_run_dir(config: RunConfig) -> Path:
     tag = "-".join([config.defense.replace("+", "_"), config.preset, f"s{config.seed}"])
     if config.modalities:
         tag += "-" + "_".join(config.modalities)
+    if config.recipe != "scratch":
+        tag += f"-{config.recipe}"
+    if config.holdout:
+        tag += f"-holdout{config.holdout:g}"
     split = f"-{config.split}" if config.split else ""
     return Path("runs") / f"{config.dataset}{split}" / tag
 
@@ -167,6 +171,13 @@ def execute(config: RunConfig, run_dir: Path, *, resume: dict[str, Any] | None =
         write_json(run_dir / "config.json", config.to_dict())
         if resume is not None:
             load_model_state(exp.model, resume, run_dir / "checkpoint.pt")
+        initialised = None
+        if config.recipe == "warm-start":  # the initial weights' origin, kept for a resumed run too
+            if resume is None:
+                initialised = warm_start(exp, run_dir)
+                write_json(run_dir / INIT_FILE, initialised)
+            elif (run_dir / INIT_FILE).is_file():
+                initialised = json.loads((run_dir / INIT_FILE).read_text())
         train_split, heldout = hold_out(exp.data, config.holdout)
         validate_fn = heldout_validation(heldout, config, protocol, exp) if heldout is not None else None
         result = train(exp.model, exp.defense, train_split, config, config.epochs, run_dir, device=exp.device,
@@ -181,6 +192,8 @@ def execute(config: RunConfig, run_dir: Path, *, resume: dict[str, Any] | None =
                                    "last": {k: v for k, v in result.history[-1].items() if k.startswith("heldout_")}
                                    if result.history else {}}
             training["convergence"] = convergence(result.history)
+        if initialised is not None:
+            training["init_from"] = initialised
         return evaluate_experiment(exp, run_dir, protocol, training=training, started=started, progress=progress)
 
 
@@ -284,6 +297,46 @@ def evaluate_experiment(exp: Experiment, run_dir: Path, protocol: Protocol, *, t
     )
     record = attach_reference(record, run_dir)
     return record.save(run_dir / record_name(protocol.name))
+
+
+INIT_FILE = "init_from.json"
+
+
+def warm_start(exp: Experiment, run_dir: Path) -> dict[str, Any]:
+    """Load into ``exp.model`` the trained weights of the reference defense's run beside ``run_dir`` (same
+    dataset, split, preset, modalities, data, seed and holdout, trained from scratch); modules only this
+    defense has keep their initialisation. Returns what the record says of it.
+
+    Raises:
+        RunDirError: no such run, or this run is of the reference defense.
+        ValueError: the reference model has weights this model has no place for.
+    """
+    config = exp.config
+    reference = reference_defense()
+    if config.defense == reference:
+        raise RunDirError(f"recipe warm-start starts from a trained {reference!r} run; {reference!r} itself "
+                          "trains from scratch")
+    key = (config.dataset, config.split, config.preset, tuple(config.modalities), exp.data.fingerprint, config.seed,
+           float(config.holdout))
+    for record in records_beside(run_dir):
+        source = Path(record.source)
+        if (record.defense == reference and record.config.get("recipe", "scratch") == "scratch"
+                and (record.dataset, record.split, record.preset, tuple(record.modalities), record.fingerprint,
+                     record.seed, float(record.config.get("holdout", 0.0))) == key
+                and (source / "model.pt").is_file()):
+            with torch.random.fork_rng(devices=[]):  # building the other model must not move this run's RNG
+                other = load_trained(source, device=config.device).model
+            missing, unexpected = exp.model.load_state_dict(other.state_dict(), strict=False)
+            if unexpected:
+                raise ValueError(f"{source}: weights {', '.join(unexpected[:3])} have no place in a "
+                                 f"{config.defense!r} model")
+            kept = sorted({name.rsplit(".", 1)[0] for name in missing})
+            return {"run": source.as_posix(), "model_digest": record.evaluation.get("model_digest"),
+                    "kept_initialisation": kept}
+    raise RunDirError(f"recipe warm-start needs a finished {reference!r} run (recipe scratch) of the same dataset, "
+                      f"split, preset, modalities, data, seed and holdout beside {run_dir}; run `mmrobust run "
+                      f"--defense {reference} --seed {config.seed}"
+                      + (f" --holdout {config.holdout:g}" if config.holdout else "") + "` first")
 
 
 def undefended_model(exp: Experiment, run_dir: Path) -> tuple[torch.nn.Module | None, str | None]:

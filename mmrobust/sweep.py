@@ -23,6 +23,7 @@ import pandas as pd
 
 from mmrobust import canary
 from mmrobust.config import RunConfig
+from mmrobust.defense import reference_defense
 from mmrobust.claims import write_claims
 from mmrobust.leaderboard import build_table, load_records, write_leaderboard
 from mmrobust.registry import DEFENSES
@@ -34,15 +35,18 @@ from mmrobust.run import (RunDirError, check_run_dir, default_run_dir, execute, 
 
 def sweep(dataset: str, defenses: Sequence[str] = (), *, preset: str = "tiny", seeds: Sequence[int] = (0,),
           device: str = "auto", runs_dir: Path = Path("runs"), out: Path = Path("leaderboards"),
-          protocols: Sequence[str] = (), progress: bool = True, claims: bool = True,
-          say: Callable[[str], None] = print) -> pd.DataFrame:
+          protocols: Sequence[str] = (), recipe: str = "scratch", holdout: float = 0.0, progress: bool = True,
+          claims: bool = True, say: Callable[[str], None] = print) -> pd.DataFrame:
     """Run (or reuse, or resume) every defense in ``defenses`` (default: all registered) for every training
     seed in ``seeds`` and write the leaderboard.
 
     Every run is evaluated under standard-v1, then under each of ``protocols``
     (``strong-v1``, say: after every defense of that seed is trained, so that
     it can use the undefended model as a transfer source); each protocol gets
-    its table, one row per defense over its seeds. With ``claims``, the AMR
+    its table, one row per defense over its seeds. ``recipe`` and ``holdout``
+    are :class:`~mmrobust.config.RunConfig`'s; the reference defense always
+    trains from scratch, first, since ``warm-start`` begins from its weights.
+    With ``claims``, the AMR
     paper's Table-2 claims are judged on the records and written to
     ``out/<dataset>/claims.md``. Returns the standard-v1 table that was
     written to ``out/<dataset>/``.
@@ -59,6 +63,13 @@ def sweep(dataset: str, defenses: Sequence[str] = (), *, preset: str = "tiny", s
     names = list(defenses) or DEFENSES.names()
     for name in names:
         DEFENSES.get(name)  # unknown names fail before any work, with suggestions
+    reference = reference_defense()
+    names.sort(key=lambda name: name != reference)  # stable: the reference first, then as given
+
+    def configured(name: str, seed: int) -> RunConfig:
+        return RunConfig(dataset=dataset, defense=name, preset=preset, seed=seed, device=device, holdout=holdout,
+                         recipe="scratch" if name == reference else recipe)
+
     extra = [p for p in dict.fromkeys(protocols) if p != STANDARD_V1.name]
     for protocol in extra:
         get_protocol(protocol)  # so do unknown protocols
@@ -66,7 +77,7 @@ def sweep(dataset: str, defenses: Sequence[str] = (), *, preset: str = "tiny", s
     fingerprint = None
     for seed in seeds:
         for name in names:
-            config = RunConfig(dataset=dataset, defense=name, preset=preset, seed=seed, device=device)
+            config = configured(name, seed)
             directory = runs_dir / default_run_dir(config).relative_to("runs")
             record_path = directory / record_name(config.protocol)
             if record_path.is_file():
@@ -88,8 +99,7 @@ def sweep(dataset: str, defenses: Sequence[str] = (), *, preset: str = "tiny", s
             _publish(Record.load(directory / record_name(config.protocol)), directory, records_dir)
         for protocol in extra:
             for name in names:
-                directory = runs_dir / default_run_dir(RunConfig(dataset=dataset, defense=name, preset=preset,
-                                                                 seed=seed)).relative_to("runs")
+                directory = runs_dir / default_run_dir(configured(name, seed)).relative_to("runs")
                 if not (directory / record_name(protocol)).is_file():
                     started = time.perf_counter()
                     say(f"{name} seed {seed}: evaluating under {protocol}")
