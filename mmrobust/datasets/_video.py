@@ -12,12 +12,32 @@ converted to RGB, and each is cropped and resized as soon as it is decoded, so
 a worker holds one full-resolution frame at a time. :func:`write_video`
 encodes the small videos of the datasets' examples and tests.
 
+Frame ``i`` is the ``i``-th frame the decoder outputs, counting from the start
+of the stream (frame 0 is the first decoded frame); a timestamp never numbers a
+frame unless the container stores exact ones. By default the reader decodes
+from the start and stops after the last wanted frame. It seeks only in
+ISO base media / QuickTime files (``.mp4``, ``.mov``, ...; FFmpeg's ``mov``
+demuxer), whose sample tables store every frame's decoding time and
+composition offset as integers of the track's timescale (ISO/IEC 14496-12,
+``stts`` and ``ctts`` boxes), and only when the stream has a constant frame
+rate: its duration is its frame count times one frame period, to within one
+period. After the seek every frame's timestamp must fall on that rate's grid,
+the first kept frame must be a keyframe at or before the first wanted one, and
+the numbers must then rise by one; otherwise the file is read again from the
+start. AVI has no per-frame timestamps at all (a chunk's time is its position
+times ``dwScale / dwRate``, Microsoft's AVI RIFF reference), so FFmpeg can only
+guess the display times of a stream with B-frames, and misses by frames; Matroska
+rounds timestamps to its ``TimestampScale`` (1 ms by default, RFC 9559); and
+MPEG transport or program streams may restart their clocks. Those containers,
+and any other, are decoded from the start.
+
 This module imports neither torch nor the dataset registry: it runs inside
 ``prepare`` worker processes.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -27,12 +47,22 @@ import numpy as np
 
 from ._plan import SampleError
 
+_log = logging.getLogger(__name__)
+
 #: Half-sides of the person box grow by this fraction.
 BOX_ENLARGE = 0.25
 #: Below this extent (pixels of the decoded frame) the crop falls back to the whole frame.
 MIN_BOX_EXTENT = 10.0
-#: First wanted frame beyond which the reader seeks instead of decoding from the start.
+#: First wanted frame beyond which the reader seeks (exact-timestamp containers only).
 _SEEK_AFTER_FRAMES = 96
+#: A seek aims this many frames before the first wanted one: H.264 reorders at most 16 frames.
+_SEEK_MARGIN_FRAMES = 16
+#: Non-keyframes tolerated after a seek before the keyframe it landed on (leading frames of an open GOP).
+_LEADING_FRAMES_LIMIT = 16
+#: Farthest a timestamp may lie from the frame-rate grid, in frames, for it to number a frame.
+_GRID_TOLERANCE = 0.25
+#: FFmpeg demuxer names of the containers whose timestamps may number frames (ISO BMFF and QuickTime).
+EXACT_TIMESTAMP_FORMATS = frozenset({"mov", "mp4"})
 
 
 def uniform_indices(num_frames: int, num_samples: int) -> np.ndarray:
@@ -101,7 +131,9 @@ def read_clip(path: str, indices: Sequence[int], box_for_size, size: int) -> np.
 
     Args:
         path: the video file.
-        indices: 0-based frame numbers, in any order, repeats allowed.
+        indices: 0-based frame numbers, in any order, repeats allowed; frame
+            ``i`` is the ``i``-th frame the decoder outputs from the start of
+            the stream, whatever the container's timestamps say.
         box_for_size: ``(width, height) -> (x0, y0, side)``, the crop box for
             the decoded frame size (known only once the stream is open).
         size: side of the output frames.
@@ -113,7 +145,7 @@ def read_clip(path: str, indices: Sequence[int], box_for_size, size: int) -> np.
     Raises:
         SampleError: the file does not open or no wanted frame decodes.
     """
-    wanted = sorted(set(int(i) for i in indices))
+    wanted = sorted({int(i) for i in indices})
     try:
         frames = _decode_wanted(path, wanted, box_for_size, size)
     except (av.error.FFmpegError, OSError, ValueError, EOFError) as error:
@@ -132,47 +164,97 @@ def read_clip(path: str, indices: Sequence[int], box_for_size, size: int) -> np.
 
 def _decode_wanted(path: str, wanted: list[int], box_for_size, size: int) -> dict[int, np.ndarray]:
     with av.open(path) as container:
-        if not container.streams.video:
-            raise ValueError("the file has no video stream")
-        stream = container.streams.video[0]
-        rate = stream.average_rate or stream.guessed_rate
-        seekable = rate is not None and stream.time_base is not None and wanted[0] > _SEEK_AFTER_FRAMES
-        if seekable:
-            found = _decode_after_seek(container, stream, Fraction(rate), wanted, box_for_size, size)
-            if found is not None:
-                return found
-            container.seek(0, stream=stream)
-        return _decode_sequential(container, stream, wanted, box_for_size, size)
+        stream = _video_stream(container)
+        rate = _exact_frame_rate(container, stream) if wanted[0] > _SEEK_AFTER_FRAMES else None
+        if rate is None:
+            return _decode_from_start(container, stream, wanted, box_for_size, size)
+        found = _decode_after_seek(container, stream, rate, wanted, box_for_size, size)
+        if found is not None:
+            return found
+    with av.open(path) as container:  # a fresh demuxer and decoder, exactly as for any other file
+        return _decode_from_start(container, _video_stream(container), wanted, box_for_size, size)
 
 
-def _decode_sequential(container, stream, wanted, box_for_size, size) -> dict[int, np.ndarray]:
-    """Count frames from the start; exact for any container."""
+def _video_stream(container):
+    if not container.streams.video:
+        raise ValueError("the file has no video stream")
+    return container.streams.video[0]
+
+
+def _exact_frame_rate(container, stream) -> Fraction | None:
+    """The frame rate by which ``stream``'s timestamps number its frames, or None to count frames instead.
+
+    Only containers in :data:`EXACT_TIMESTAMP_FORMATS` qualify, and only when
+    the stream's duration is its frame count times one period of its frame
+    rate (FFmpeg's ``r_frame_rate``, which its ``mov`` demuxer takes from the
+    ``stts`` box when every frame but the last lasts the same), to within one
+    period: a dropped or lengthened frame anywhere would shift every later
+    timestamp.
+    """
+    if not EXACT_TIMESTAMP_FORMATS & set(container.format.name.split(",")):
+        return None
+    rate, time_base = stream.base_rate, stream.time_base
+    if not rate or time_base is None or not stream.frames or not stream.duration:
+        return None
+    rate = Fraction(rate)
+    if abs(stream.duration * Fraction(time_base) * rate - stream.frames) >= 1:
+        return None
+    return rate
+
+
+def _decode_from_start(container, stream, wanted, box_for_size, size) -> dict[int, np.ndarray]:
+    """Number frames by their position in the decoder's output; exact in any container."""
     return _collect(enumerate(container.decode(stream)), wanted, box_for_size, size)[0]
 
 
 class _Unusable(Exception):
-    """Timestamps do not place the frames: fall back to counting them."""
+    """Timestamps do not number the frames after a seek: count frames from the start instead."""
 
 
 def _decode_after_seek(container, stream, rate: Fraction, wanted, box_for_size, size):
-    """Seek near the first wanted frame and number frames by timestamp; None if unusable."""
+    """Seek to a keyframe shortly before the first wanted frame and number frames by timestamp.
+
+    Frame 0's timestamp is read from the first decoded frame. Returns None when
+    the timestamps after the seek do not number the frames one by one.
+    """
     time_base = Fraction(stream.time_base)
-    start = stream.start_time or 0
-    target = start + int((wanted[0] - _SEEK_AFTER_FRAMES // 2) / rate / time_base)
-    container.seek(max(target, start), stream=stream, backward=True, any_frame=False)
+    first = next(container.decode(stream), None)
+    if first is None or first.pts is None:
+        return None
+    origin = first.pts
+    target = origin + int((wanted[0] - _SEEK_MARGIN_FRAMES) / rate / time_base)
+    try:
+        container.seek(max(target, origin), stream=stream, backward=True, any_frame=False)
+    except av.error.FFmpegError:
+        return None
 
     def numbered():
-        for position, frame in enumerate(container.decode(stream)):
+        previous = None
+        leading = 0
+        for frame in container.decode(stream):
             if frame.pts is None:
-                raise _Unusable
-            index = int(round((frame.pts - start) * time_base * rate))
-            if position == 0 and index > wanted[0]:
-                raise _Unusable  # landed past the first wanted frame
+                raise _Unusable("a frame has no timestamp")
+            position = (frame.pts - origin) * time_base * rate
+            index = round(position)
+            if abs(position - index) > _GRID_TOLERANCE:
+                raise _Unusable(f"timestamp {frame.pts} lies off the {rate} fps grid")
+            if previous is None:
+                if not frame.key_frame:  # may reference frames before the seek point
+                    leading += 1
+                    if leading > _LEADING_FRAMES_LIMIT:
+                        raise _Unusable("the seek reached no keyframe")
+                    continue
+                if index > wanted[0]:
+                    raise _Unusable("the seek landed past the first wanted frame")
+            elif index != previous + 1:
+                raise _Unusable(f"frame {previous} is followed by timestamp {frame.pts}")
+            previous = index
             yield index, frame
 
     try:
         found, last = _collect(numbered(), wanted, box_for_size, size)
-    except _Unusable:
+    except _Unusable as reason:
+        _log.debug("%s: %s; decoding from the start", container.name, reason)
         return None
     return found if last is not None else None
 
