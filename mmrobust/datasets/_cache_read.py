@@ -78,6 +78,38 @@ def select_rows(array: np.ndarray, indices: np.ndarray):
     return IndexedRows(array, indices)
 
 
+#: What each cache format changed, for the message that says why an older cache is not reused.
+FORMAT_CHANGES = {
+    2: ("person order changed, two-person NTU RGB+D clips now rank their bodies as PYSKL does; iMiGUE reads the "
+        "distributed layouts, samples MiGA arrays before their zero padding and scales the crop to the video"),
+}
+
+
+def _older_caches(dataset: str, request: DataRequest, root: str | None = None) -> list[tuple[Path, int, str]]:
+    """Finished caches of ``dataset`` at the request's sizes (prepared from ``root``, if given) that an
+    older :data:`FORMAT_VERSION` wrote: ``(directory, version, root)``."""
+    sizes = {f: getattr(request, f) for f in ("rgb_frames", "rgb_size", "skeleton_frames")}
+    older = []
+    for manifest_path in sorted((cache_root(request.cache_dir) / dataset).glob("*/manifest.json")):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
+            key = read_json(manifest_path)["key"]
+            version = key.get("format_version")
+            if isinstance(version, int) and version < FORMAT_VERSION and (root is None or key["root"] == root) \
+                    and all(key.get(f) == v for f, v in sizes.items()):
+                older.append((manifest_path.parent, version, key["root"]))
+    return older
+
+
+def _older_format(dataset: str, where: str, older: list[tuple[Path, int, str]], command: str) -> str:
+    """Why the caches ``older`` are not reused, and the command that prepares the current format."""
+    since = min(version for _, version, _ in older)
+    changes = "; ".join(f"version {version}: {FORMAT_CHANGES.get(version, 'changed')}"
+                        for version in range(since + 1, FORMAT_VERSION + 1))
+    directories = ", ".join(str(directory) for directory, _, _ in older)
+    return (f"the cache of {dataset}{where} ({directories}) was prepared by an older format, version {since}, and "
+            f"is not reused ({changes}); run: {command} (then delete the old cache)")
+
+
 def _failure(progress_path: Path) -> str | None:
     """Why the last prepare failed, as it recorded it (None: it was interrupted, or the file is unreadable)."""
     try:
@@ -109,6 +141,9 @@ def find_prepared(dataset: str, request: DataRequest) -> Path:
                                         f"{failed}; fix that and run: {command}")
             raise FileNotFoundError(f"preparing {dataset} from {request.root} was interrupted ({directory}); "
                                     f"resume it with: {command}")
+        older = _older_caches(dataset, request, os.path.realpath(os.path.expanduser(os.fspath(request.root))))
+        if older:
+            raise FileNotFoundError(_older_format(dataset, f" from {request.root}", older, command))
         raise FileNotFoundError(f"{dataset} has not been prepared from {request.root} at these sizes "
                                 f"(looked in {directory}); run: {command}")
     sizes = {f: getattr(request, f) for f in ("rgb_frames", "rgb_size", "skeleton_frames")}
@@ -124,6 +159,12 @@ def find_prepared(dataset: str, request: DataRequest) -> Path:
         return found[0][0]
     command = prepare_command(dataset, request)
     if not found:
+        older = _older_caches(dataset, request)
+        if older:
+            roots = {root for _, _, root in older}
+            if len(roots) == 1:
+                command = prepare_command(dataset, request, roots.pop())
+            raise FileNotFoundError(_older_format(dataset, "", older, command))
         raise FileNotFoundError(f"{dataset} has not been prepared at these sizes (looked in {base}); "
                                 f"run: {command}")
     roots = ", ".join(root for _, root in found)

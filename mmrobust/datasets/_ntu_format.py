@@ -16,9 +16,10 @@ A ``.skeleton`` file is whitespace-separated text, one record per line:
 
 Every field is parsed and checked; a file that deviates, or whose 3-D joint
 positions are not finite, raises :class:`SampleError` naming the file, the
-line and what was expected. :func:`write_skeleton` writes the format, and
-:func:`write_example_sample` a whole sample (``.skeleton`` and ``_rgb.avi``) of
-a made-up person, for the dataset's example and the tests.
+line and what was expected. :func:`person_slots` chooses a clip's persons 0
+and 1 by the rule PYSKL's pickle was made with. :func:`write_skeleton` writes
+the format, and :func:`write_example_sample` a whole sample (``.skeleton`` and
+``_rgb.avi``) of made-up people, for the dataset's example and the tests.
 
 This module imports neither torch nor the dataset registry: its ``build_*``
 functions run inside ``prepare`` worker processes.
@@ -277,6 +278,21 @@ def read_skeleton(path: str | Path) -> SkeletonSequence:
 
 
 # -- choosing the people -----------------------------------------------------
+# Person order as PYSKL prepares ntu60_3danno.pkl (github.com/kennymckormick/pyskl,
+# tools/data/ntu_preproc.py: parse_skeleton_file, spread_denoising, gen_keypoint_array),
+# so that a cache prepared from the .skeleton files and one prepared from that pickle
+# put the same body in the same person slot. The arithmetic here is float64; PYSKL's
+# float32 could order differently only motions that agree to about six digits.
+
+#: A track listed in this many frames or fewer is dropped when there are others.
+SHORT_TRACK_FRAMES = 11
+#: A frame of a track is noise when its joints are wider (x) than this times their height (y).
+SPREAD_RATIO = 0.8
+#: A track with at least this fraction of noisy frames is dropped.
+NOISY_TRACK_FRACTION = 0.69754
+#: A person whose |x| + |y| + |z| sums below this is absent (for the first-frame swap).
+ABSENT_BELOW = 1e-3
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class BodyTrack:
@@ -285,28 +301,147 @@ class BodyTrack:
     body_id: int
     frames: np.ndarray  # (n,) frame indices
     joints: np.ndarray  # (n, 25, 12)
-    motion: float       # sum over joints and axes of the variance of x, y, z over its frames
+    motion: float       # see body_tracks
+    span: tuple[int, int]  # first and one-past-last listed frame, counting only frames that list a body
 
 
-def main_bodies(sequence: SkeletonSequence, max_bodies: int = MAX_BODIES) -> list[BodyTrack]:
-    """The ``max_bodies`` tracks with the most motion, most first (ties: first seen first).
+def _pooled_motion(xyz: np.ndarray) -> float:
+    """25 times the sum over x, y, z of the variance over all (frame, joint) pairs of ``xyz`` (F, 25, 3)."""
+    return NUM_JOINTS * float(np.var(xyz.reshape(-1, 3), axis=0).sum())
 
-    Motion is the sum of the per-joint variances of x, y and z over the frames
-    the body appears in, the heuristic of the dataset authors.
+
+def body_tracks(sequence: SkeletonSequence) -> list[BodyTrack]:
+    """Every body of ``sequence``, in the order they first appear, with PYSKL's motion.
+
+    PYSKL ranks bodies by ``var(x) + var(y) + var(z)``, each variance pooled
+    over all joints of all the frames that list the body (records whose joints
+    are all zero included; frames without the body are not filled in).
+    ``motion`` is that value times the 25 joints, which ranks the same: the sum
+    over joints of the per-joint variances over frames, plus the squared
+    distances of the joints' mean positions from the body's centroid. Pooling
+    thus counts the body's spatial extent, not only its movement.
     """
     frames: dict[int, list[int]] = {}
     joints: dict[int, list[np.ndarray]] = {}
+    first_listed: dict[int, int] = {}
+    listed = 0  # frames seen so far that list at least one body
     for index, bodies in enumerate(sequence.frames):
         for body in bodies:
+            first_listed.setdefault(body.body_id, listed)
             frames.setdefault(body.body_id, []).append(index)
             joints.setdefault(body.body_id, []).append(body.joints)
+        listed += bool(bodies)
     tracks = []
-    for body_id in frames:
+    for body_id, indices in frames.items():
         stacked = np.stack(joints[body_id])
-        motion = float(stacked[:, :, 0:3].var(axis=0).sum())
-        tracks.append(BodyTrack(body_id, np.asarray(frames[body_id]), stacked, motion))
-    tracks.sort(key=lambda track: -track.motion)  # stable: ties keep their first-seen order
-    return tracks[:max_bodies]
+        start = first_listed[body_id]
+        tracks.append(BodyTrack(body_id, np.asarray(indices), stacked,
+                                _pooled_motion(stacked[:, :, 0:3]), (start, start + len(indices))))
+    return tracks
+
+
+def _by_motion(tracks: list[BodyTrack]) -> list[BodyTrack]:
+    return sorted(tracks, key=lambda track: -track.motion)  # stable: ties keep their order
+
+
+def _without_spread_noise(tracks: list[BodyTrack]) -> list[BodyTrack]:
+    """PYSKL's spread denoising: drop mostly-noisy tracks, rank the rest by the motion of their clean frames."""
+    kept = []
+    for track in tracks:
+        xyz = track.joints[:, :, 0:3]
+        width = xyz[:, :, 0].max(axis=1) - xyz[:, :, 0].min(axis=1)
+        height = xyz[:, :, 1].max(axis=1) - xyz[:, :, 1].min(axis=1)
+        clean = width <= SPREAD_RATIO * height
+        if clean.all():
+            kept.append(track)
+        elif 1 - np.count_nonzero(clean) / len(clean) < NOISY_TRACK_FRACTION:
+            kept.append(dataclasses.replace(track, motion=min(track.motion, _pooled_motion(xyz[clean]))))
+    return _by_motion(kept)
+
+
+def rank_bodies(sequence: SkeletonSequence) -> list[BodyTrack]:
+    """The bodies that may become persons, most motion first (see :func:`person_slots`)."""
+    ranked = _by_motion(body_tracks(sequence))
+    if len(ranked) > 1:
+        # PYSKL's script stops with an error where a step would leave no body; here the step is skipped.
+        ranked = [track for track in ranked if len(track.frames) > SHORT_TRACK_FRAMES] or ranked
+    if len(ranked) > 1:
+        ranked = _without_spread_noise(ranked) or ranked
+    return ranked
+
+
+def _placed(slots: Sequence[Sequence[BodyTrack]], num_frames: int) -> np.ndarray:
+    """(F, len(slots), 25, 12) joints of each person slot, NaN where it holds nobody."""
+    joints = np.full((num_frames, len(slots), NUM_JOINTS, len(JOINT_FIELDS)), np.nan)
+    for person, tracks in enumerate(slots):
+        for track in tracks:
+            free = np.isnan(joints[track.frames, person, 0, 0])  # only a body that reappears can collide
+            joints[track.frames[free], person] = track.joints[free]
+    return joints
+
+
+def person_slots(sequence: SkeletonSequence) -> list[list[BodyTrack]]:
+    """The bodies of person 0 and of person 1 (at most two slots; none for a clip without bodies).
+
+    PYSKL's rule (``tools/data/ntu_preproc.py`` of github.com/kennymckormick/pyskl):
+
+    1. Each ``bodyID`` is a track; its motion is ``var(x) + var(y) + var(z)``
+       pooled over the joints of every frame that lists it (:func:`body_tracks`).
+       Tracks are ranked by motion, most first; ties keep the order in which the
+       bodies first appear.
+    2. With more than one track: tracks listed in 11 frames or fewer are dropped.
+    3. Still more than one: spread denoising. A frame is noise when the joints'
+       x-extent exceeds 0.8 times their y-extent; a track with 69.754 % or more
+       noisy frames is dropped, and one with some has its motion lowered to that
+       of its clean frames when smaller. The rest are ranked again (stably).
+    4. One track left: it is person 0, alone. Otherwise the first track is
+       person 0 and each next one, in rank order, joins person 0 if its span of
+       frames does not overlap person 0's, else person 1 if it starts no earlier
+       than where person 1's span ends (that span starts at frame 0), else it is
+       left out. Spans count only frames that list some body.
+    5. If, in the first frame where either person is, person 0's joint 2 (middle
+       of the spine) is absent and person 1's is not, the two swap.
+
+    Where PYSKL's script stops with an error (steps 2 or 3 would leave no
+    track), that step is skipped.
+    """
+    ranked = rank_bodies(sequence)
+    if len(ranked) < 2:
+        return [ranked] if ranked else []
+    slots: list[list[BodyTrack]] = [[ranked[0]], []]
+    spans = [list(ranked[0].span), [0, 0]]
+    for track in ranked[1:]:
+        start, end = track.span
+        for tracks, span in zip(slots, spans):
+            if max(span[0], start) >= min(span[1], end):  # no overlap
+                tracks.append(track)
+                span[:] = min(span[0], start), max(span[1], end)
+                break
+    slots = [tracks for tracks in slots if tracks]
+    if len(slots) == 2:
+        xyz = np.nan_to_num(_placed(slots, sequence.num_frames)[..., 0:3])
+        somebody = np.flatnonzero(np.abs(xyz).sum(axis=(1, 2, 3)) >= ABSENT_BELOW)
+        if len(somebody):
+            spine = np.abs(xyz[somebody[0], :, 1]).sum(axis=-1)
+            if spine[0] < ABSENT_BELOW < spine[1]:
+                slots.reverse()
+    return slots
+
+
+def main_bodies(sequence: SkeletonSequence) -> list[BodyTrack]:
+    """The leading (most moving) body of each person slot of :func:`person_slots`, person 0 first."""
+    return [tracks[0] for tracks in person_slots(sequence)]
+
+
+def person_joints(sequence: SkeletonSequence) -> np.ndarray:
+    """(F, 2, 25, 12) joints of persons 0 and 1 (:func:`person_slots`) in each frame of ``sequence``.
+
+    NaN where a person is absent, and for a body whose 25 joints are all exactly zero.
+    """
+    slots = person_slots(sequence)
+    joints = _placed(slots + [[]] * (MAX_BODIES - len(slots)), sequence.num_frames)
+    joints[np.all(joints[..., 0:3] == 0, axis=(2, 3))] = np.nan
+    return joints
 
 
 # -- sample building (runs in worker processes) -------------------------------
@@ -339,24 +474,21 @@ def _sample_arrays(task: Mapping[str, Any], config: Mapping[str, Any], skeleton:
 def build_raw_sample(task: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
     """Turn one ``.skeleton`` file (and its ``_rgb.avi``) into cache rows.
 
-    The two most moving bodies become persons 0 and 1 (NaN where absent, and
-    for a body whose 25 joints are all exactly zero). Both modalities are
-    sampled uniformly (centre of each segment) over the frames from the first
-    to the last one with a body; RGB frame ``f`` is skeleton frame ``f``. The
-    crop box covers the colour-image joints of the kept bodies over the
-    sampled RGB frames (see :func:`mmrobust.datasets._video.person_box`).
+    Bodies become persons 0 and 1 as PYSKL orders them (:func:`person_slots`;
+    NaN where absent, and for a body whose 25 joints are all exactly zero), so
+    the persons match those of PYSKL's pickle of the same clip. Both
+    modalities are sampled uniformly (centre of each segment) over the frames
+    from the first to the last one with a body; RGB frame ``f`` is skeleton
+    frame ``f``. The crop box covers the colour-image joints of the kept
+    bodies over the sampled RGB frames (see
+    :func:`mmrobust.datasets._video.person_box`).
     """
     path = task["skeleton"]
     sequence = read_skeleton(path)
-    tracks = main_bodies(sequence)
-    if not tracks:
+    if not any(sequence.frames):
         raise SampleError("no-bodies", path, f"none of the {sequence.num_frames} frames has a body")
-    xyz = np.full((sequence.num_frames, MAX_BODIES, NUM_JOINTS, 3), np.nan)
-    color = np.full((sequence.num_frames, MAX_BODIES, NUM_JOINTS, 2), np.nan)
-    for person, track in enumerate(tracks):
-        seen = np.any(track.joints[:, :, 0:3] != 0, axis=(1, 2))
-        xyz[track.frames[seen], person] = track.joints[seen][:, :, 0:3]
-        color[track.frames[seen], person] = track.joints[seen][:, :, 5:7]
+    joints = person_joints(sequence)
+    xyz, color = joints[..., 0:3], joints[..., 5:7]
     begin, end = _span(~np.isnan(xyz[:, :, 0, 0]).all(axis=1), path)
     skeleton = _skeleton_sample(xyz, begin, end, config["skeleton_frames"])
 
@@ -434,8 +566,10 @@ def check_pyskl_annotation(annotation: Any, index: int, path: str) -> tuple[str,
 def build_pyskl_sample(task: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
     """Turn one PYSKL annotation into cache rows (skeleton only).
 
-    PYSKL already ordered the persons by motion; the first two are kept. A
-    person-frame that is all zeros is absent (NaN until the cache maps it to 0).
+    The persons are kept in the order PYSKL stored them, the rule that
+    :func:`person_slots` applies to ``.skeleton`` files (PYSKL writes at most
+    two). A person-frame that is all zeros is absent (NaN until the cache maps
+    it to 0).
     """
     where = task["path"]
     keypoint = np.asarray(task["keypoint"], dtype=np.float64)
@@ -519,10 +653,11 @@ def write_skeleton(path: str | Path, frames: Sequence[Sequence[Mapping[str, Any]
     return path
 
 
-def example_motion(seed: int, frames: int, shift: float = 0.0, amplitude: float = 0.1) -> np.ndarray:
-    """(F, 25, 3) camera-space joints of a made-up person waving, about 3 m from the camera."""
+def example_motion(seed: int, frames: int, shift: float = 0.0, amplitude: float = 0.1,
+                   height: float = 1.5) -> np.ndarray:
+    """(F, 25, 3) camera-space joints of a made-up person ``height`` metres tall waving, about 3 m from the camera."""
     rng = np.random.default_rng(seed)
-    base = np.stack([rng.uniform(-0.25, 0.25, NUM_JOINTS) + shift, np.linspace(-0.8, 0.7, NUM_JOINTS),
+    base = np.stack([rng.uniform(-0.25, 0.25, NUM_JOINTS) + shift, np.linspace(-0.8, height - 0.8, NUM_JOINTS),
                      3.0 + rng.uniform(0, .2, NUM_JOINTS)], 1)
     t = np.arange(frames)[:, None, None]
     wave = amplitude * np.sin(t / 3.0 + np.arange(NUM_JOINTS)[None, :, None]) * np.array([1.0, 0.5, 0.2])
@@ -550,12 +685,14 @@ def write_example_sample(root: str | Path, name: str, *, frames: int = 12, peopl
                          empty_frames: Sequence[int] = (0,), codec: str = "mpeg4", seed: int = 0) -> None:
     """Write sample ``name`` into a release tree at ``root``: its ``.skeleton`` file and ``_rgb.avi`` video.
 
-    ``people`` made-up persons wave (the first with the widest motion) over
-    ``frames`` frames, none in ``empty_frames``; the video paints each person's
-    joint box white on grey, so a correct crop is bright in the middle.
+    ``people`` made-up persons wave over ``frames`` frames, none in
+    ``empty_frames``; each is shorter and moves less than the one before, so
+    that they rank in order (:func:`person_slots`). The video paints each
+    person's joint box white on grey, so a correct crop is bright in the middle.
     """
     root = Path(root)
-    tracks = [example_motion(seed + p, frames, shift=0.6 * p, amplitude=0.1 / (p + 1)) for p in range(people)]
+    tracks = [example_motion(seed + p, frames, shift=0.6 * p, amplitude=0.1 / (p + 1), height=1.5 - 0.2 * p)
+              for p in range(people)]
     body_frames, colors = [], []
     for f in range(frames):
         if f in empty_frames:

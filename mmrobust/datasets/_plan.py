@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 #: Bumped whenever the cache layout or the preprocessing changes; part of the cache key and of every plan digest.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class SampleError(ValueError):

@@ -19,11 +19,14 @@ or, for the skeleton modality only, PYSKL's ``ntu60_3danno.pkl`` (``--root``
 is the file, or a folder holding it and no ``nturgb+d_skeletons/``).
 
 What a sample becomes:
-    ``skeleton``: float32 (3, T, 25, 2), T = ``skeleton_frames``; x, y, z of the
-    two most moving bodies (camera space, metres), mapped by one affine map
-    with a single scale (``DatasetBundle.skeleton_scale`` metres per 1.0;
-    offsets in ``info["skeleton"]``) so that every valid joint of the dataset
-    lies in [0.01, 0.99]. An absent second person, and frames where a person
+    ``skeleton``: float32 (3, T, 25, 2), T = ``skeleton_frames``; x, y, z of
+    persons 0 and 1 (camera space, metres) in PYSKL's order, whichever the
+    source (:func:`mmrobust.datasets._ntu_format.person_slots`: bodies ranked
+    by the variance of their joints pooled over frames and joints, after
+    PYSKL's denoising), mapped by one affine map with a single scale
+    (``DatasetBundle.skeleton_scale`` metres per 1.0; offsets in
+    ``info["skeleton"]``) so that every valid joint of the dataset lies in
+    [0.01, 0.99]. An absent second person, and frames where a person
     is not tracked, are exactly 0.0.
     ``rgb``: uint8 (3, T, S, S), T = ``rgb_frames``, S = ``rgb_size``; a square
     crop around both people (their colour-image joints over the sampled
@@ -81,7 +84,7 @@ CLASS_NAMES = (
     "sitting down", "standing up (from sitting position)", "clapping", "reading", "writing",
     "tear up paper", "wear jacket", "take off jacket", "wear a shoe", "take off a shoe", "wear on glasses",
     "take off glasses", "put on a hat/cap", "take off a hat/cap", "cheer up", "hand waving",
-    "kicking something", "put something inside pocket / take out something from pocket",
+    "kicking something", "reach into pocket",
     "hopping (one foot jumping)", "jump up", "make a phone call/answer phone", "playing with phone/tablet",
     "typing on a keyboard", "pointing to something with finger", "taking a selfie",
     "check time (from watch)", "rub two hands together", "nod head/bow", "shake head", "wipe face",
@@ -241,7 +244,9 @@ def _info(planner: _Planner, source: str) -> dict[str, Any]:
         "excluded_missing_skeletons": sorted(planner.excluded),
         "excluded_count": len(planner.excluded),
         "class_mapping": {f"A{action:03d}": action - 1 for action in range(1, _ntu_format.NUM_ACTIONS + 1)},
-        "persons": "the two bodies with the most motion (sum of per-joint x, y, z variance), most first",
+        "persons": ("PYSKL's order (tools/data/ntu_preproc.py): bodies ranked by var(x) + var(y) + var(z) pooled "
+                    "over the joints of the frames that list them, after dropping tracks of 11 frames or fewer and "
+                    "spread noise; non-overlapping tracks share a person slot"),
         "sampling": "deterministic: centre frame of each of T equal segments between the first and last "
                     "frame with a body, fixed at prepare time",
         "rgb_crop": ("square box around the colour-image joints of the kept bodies over the sampled frames, "
