@@ -436,14 +436,16 @@ def test_an_all_zero_challenge_clip_is_skipped(tmp_path, releases):
 
 # -- a run on a prepared layout ---------------------------------------------------------
 
-def test_a_one_epoch_run_on_the_challenge_folders(tmp_path, releases):
-    root = releases["miga-folders"]
+@pytest.mark.parametrize("layout", list(TREES))
+def test_a_one_epoch_run_on_each_layout(tmp_path, releases, layout):
+    root = releases[layout]
+    split = LOADED[layout][1]
     data_dir = tmp_path / "cache"
     runner = CliRunner()
     prepared = runner.invoke(cli, ["prepare", "--dataset", "imigue", "--root", str(root), "--data-dir", str(data_dir),
                                    "--quiet"])
     assert prepared.exit_code == 0, prepared.output
-    assert "challenge: train 2, test 2" in prepared.output
+    assert f"{split}: train 2, test 2" in prepared.output
     result = runner.invoke(cli, ["run", "--dataset", "imigue", "--root", str(root), "--data-dir", str(data_dir),
                                  "--epochs", "1", "--batch-size", "2", "--run-dir", str(tmp_path / "run"), "--quiet"])
     assert result.exit_code == 0, result.output
