@@ -105,6 +105,9 @@ class AMRMixer(Mixer):
         self._pools = dict(pools)  # bound methods of the backbones: not submodules, no state of their own
         self.classifier = nn.Linear(sum(shapes[m][0] for m in self.attach), num_classes)
 
+    def modality_weights(self) -> dict[str, torch.Tensor]:
+        return dict(self.weights.items())
+
     def forward(self, features: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         reweighted = {m: x * self.weights[m] for m, x in features.items()}  # broadcast over the batch
         pooled = torch.cat([self._pools[m](reweighted[m]) for m in self.attach], dim=1)

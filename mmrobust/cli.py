@@ -561,6 +561,137 @@ def _seeds(option: str | None, seed: int | None, more: tuple[int, ...]) -> list[
     return seeds
 
 
+# -- study ----------------------------------------------------------------------------
+
+class _Variadic(click.Command):
+    """A command whose multi-value options take their values one after another (``--values 0.1 0.5 1``), as
+    well as repeated or comma-separated."""
+
+    def __init__(self, *args: Any, variadic: tuple[str, ...] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.variadic = variadic
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        expanded: list[str] = []
+        current = None
+        for arg in args:
+            if arg.startswith("--"):
+                current = arg if arg in self.variadic else None
+                expanded.append(arg)
+            elif current is not None and expanded[-1] != current:
+                expanded += [current, arg]
+            else:
+                expanded.append(arg)
+        return super().parse_args(ctx, expanded)
+
+
+def _split_values(values: tuple[str, ...]) -> list[str]:
+    return [part for value in values for part in value.replace(",", " ").split()]
+
+
+def _study_command(name: str) -> click.Command:
+    """``mmrobust study NAME``: the common options, then one per field of the study's ``Params``."""
+    from mmrobust.study import build_study, run_study
+
+    study = build_study(name)
+    fields = dataclasses.fields(study.Params)
+    options = [
+        click.Option(["--dataset"], default="synthetic", show_default=True, help="Registered dataset."),
+        click.Option(["--preset"], default="tiny", show_default=True),
+        click.Option(["--seeds"], multiple=True, metavar="S [S ...]",
+                     help="Training seeds; each repeats every run [default: 0]."),
+        click.Option(["--split"], default=None, help="Dataset protocol, e.g. xsub."),
+        click.Option(["--root"], default=None, type=click.Path(), help="A real dataset's release folder."),
+        click.Option(["--device"], default="auto", show_default=True),
+        click.Option(["--runs", "runs_dir"], default="runs", show_default=True, type=click.Path(file_okay=False),
+                     help="Where the run directories go (finished runs there are reused)."),
+        click.Option(["--out"], default="leaderboards", show_default=True, type=click.Path(file_okay=False),
+                     help="The study goes to <out>/<dataset>/studies/."),
+        click.Option(["--quiet"], is_flag=True, help="No progress bars."),
+    ]
+    variadic = ["--seeds"]
+    for field in fields:
+        flag = "--" + field.name.replace("_", "-")
+        help_text = field.metadata.get("help", "")
+        if isinstance(field.default, bool):
+            options.append(click.Option([f"{flag}/--no-{flag[2:]}", field.name], default=field.default,
+                                        show_default=True, help=help_text))
+        elif isinstance(field.default, tuple):
+            variadic.append(flag)
+            shown = " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in field.default)
+            options.append(click.Option([flag, field.name], multiple=True, metavar="V [V ...]",
+                                        help=f"{help_text} [default: {shown}]"))
+        else:
+            options.append(click.Option([flag, field.name], default=field.default, show_default=True,
+                                        type=type(field.default), help=help_text))
+
+    def callback(dataset: str, preset: str, seeds: tuple[str, ...], split: str | None, root: str | None,
+                 device: str, runs_dir: str, out: str, quiet: bool, **values: Any) -> None:
+        chosen = {}
+        for field in fields:
+            value = values[field.name]
+            if isinstance(field.default, tuple):
+                if not value:
+                    continue
+                kind = type(field.default[0]) if field.default else str
+                try:
+                    value = tuple(kind(v) for v in _split_values(value))
+                except ValueError:
+                    raise click.BadParameter(f"{' '.join(value)!r} are not {kind.__name__} values",
+                                             param_hint="--" + field.name.replace("_", "-")) from None
+            chosen[field.name] = value
+        paths = run_study(name, dataset=dataset, preset=preset, seeds=_seeds(" ".join(_split_values(seeds)) or None,
+                                                                            None, ()),
+                          params=chosen, device=device, split=split, root=root, runs_dir=Path(runs_dir),
+                          out=Path(out), progress=not quiet, say=lambda line: click.echo(line, err=True))
+        markdown = next(p for p in paths if p.suffix == ".md")
+        click.echo(markdown.read_text())
+        click.echo(f"wrote {', '.join(str(p) for p in paths)}", err=True)
+
+    doc = (sys.modules[type(study).__module__].__doc__ or study.title).strip()
+    return _Variadic(name, params=options, callback=callback, help=doc.replace("``", "`").replace("::\n\n", ":\n\n\b\n"),
+                     short_help=study.title, variadic=tuple(variadic))
+
+
+class _Studies(click.Group):
+    """The registered studies as subcommands."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from mmrobust.registry import STUDIES
+
+        return STUDIES.names()
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        from mmrobust.registry import STUDIES
+
+        if name not in STUDIES:
+            try:
+                STUDIES.get(name)
+            except UnknownNameError as error:
+                raise click.UsageError(str(error), ctx) from None
+        return _study_command(name)
+
+
+@cli.group(cls=_Studies)
+def study() -> None:
+    """Run one of the AMR paper's studies: train what it needs, evaluate, write its table and plot.
+
+    Each study reuses finished runs of the same configuration under --runs (a
+    sweep's runs serve too), and writes <out>/<dataset>/studies/<study>.{json,md,csv,png,svg}
+    with the records it used in <out>/<dataset>/studies/records/. --seeds
+    repeats every run per training seed; tables then show mean ± spread and
+    plots a band. A new study is one file in studies/ (see CONTRIBUTING.md).
+
+    \b
+    Examples:
+      mmrobust study curves --dataset synthetic --defense none        # Fig. 2
+      mmrobust study unimodal --dataset synthetic                     # Table 1
+      mmrobust study amr-weights --dataset synthetic                  # Table 3, Fig. 4
+      mmrobust study amr-count --dataset synthetic --counts 0 1 2 3   # Table 4
+      mmrobust study lambda --dataset synthetic --values 0.1 0.5 1 2 5  # Table 5
+    """
+
+
 # -- reproduce --------------------------------------------------------------------
 
 @cli.command()

@@ -57,6 +57,11 @@ class Mixer(nn.Module):
     def forward(self, features: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         raise NotImplementedError
 
+    def modality_weights(self) -> dict[str, torch.Tensor]:
+        """The learned weight tensor per modality, for mixers that reweight features (empty otherwise);
+        what studies of learned weights read."""
+        return {}
+
 
 class MultimodalNet(nn.Module):
     """Branches + mixers + a late-fusion linear head.

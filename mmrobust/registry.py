@@ -233,16 +233,19 @@ DATASETS: Registry[Callable[..., Any]] = Registry("dataset", "mmrobust.datasets"
 BACKBONES: Registry[Callable[..., Any]] = Registry("backbone", "mmrobust.backbones", "mmrobust.backbones")
 DEFENSES: Registry[Callable[..., Any]] = Registry("defense", "mmrobust.defenses", "mmrobust.defenses")
 ATTACKS: Registry[Callable[..., Any]] = Registry("attack", "mmrobust.attacks", "mmrobust.attacks")
+STUDIES: Registry[Callable[..., Any]] = Registry("study", "mmrobust.studies", "mmrobust.studies")
 
 # Extra ``mmrobust`` subcommands (click commands) that contributions add: with ``@register_command`` in a
 # built-in contribution's module, or through the entry-point group from another package.
 COMMANDS: Registry[Any] = Registry("command", "mmrobust.commands",
                                    ("mmrobust.defenses", "mmrobust.attacks", "mmrobust.datasets"))
 
-REGISTRIES = {"dataset": DATASETS, "backbone": BACKBONES, "defense": DEFENSES, "attack": ATTACKS}
+REGISTRIES = {"dataset": DATASETS, "backbone": BACKBONES, "defense": DEFENSES, "attack": ATTACKS,
+              "study": STUDIES}
 
 register_dataset = DATASETS.register
 register_backbone = BACKBONES.register
 register_defense = DEFENSES.register
 register_attack = ATTACKS.register
+register_study = STUDIES.register
 register_command = COMMANDS.register

@@ -60,6 +60,8 @@ def default_run_dir(config: RunConfig) -> Path:
     tag = "-".join([config.defense.replace("+", "_"), config.preset, f"s{config.seed}"])
     if config.modalities:
         tag += "-" + "_".join(config.modalities)
+    for key, value in sorted(config.defense_params.items()):  # a defense's variants do not share a folder
+        tag += f"-{key}{value:g}" if isinstance(value, float) else f"-{key}{str(value).lower()}"
     if config.recipe != "scratch":
         tag += f"-{config.recipe}"
     if config.holdout:

@@ -74,29 +74,10 @@ def sweep(dataset: str, defenses: Sequence[str] = (), *, preset: str = "tiny", s
     for protocol in extra:
         get_protocol(protocol)  # so do unknown protocols
     records_dir = out / dataset / "records"
-    fingerprint = None
     for seed in seeds:
         for name in names:
-            config = configured(name, seed)
-            directory = runs_dir / default_run_dir(config).relative_to("runs")
-            record_path = directory / record_name(config.protocol)
-            if record_path.is_file():
-                fingerprint = fingerprint or load_data(config, progress=progress).fingerprint
-                stored = Record.load(record_path).fingerprint
-                if stored != fingerprint:
-                    raise RunDirError(f"{directory} holds a finished run of other data (fingerprint {stored}, the "
-                                      f"data now is {fingerprint}); move it away or pass --runs with another folder")
-                say(f"{name} seed {seed}: finished earlier ({directory})")
-            else:
-                state = resume_state(directory, None) if (directory / "checkpoint.pt").is_file() else None
-                check_run_dir(directory, resume=state is not None)
-                started = time.perf_counter()
-                say(f"{name} seed {seed}: {'resuming' if state else 'running'} in {directory}")
-                if state is not None:
-                    config = RunConfig.from_dict(state["config"]).replace(device=device)
-                execute(config, directory, resume=state, progress=progress)
-                say(f"{name} seed {seed}: done in {time.perf_counter() - started:.0f} s")
-            _publish(Record.load(directory / record_name(config.protocol)), directory, records_dir)
+            directory = train_or_reuse(configured(name, seed), runs_dir, progress=progress, say=say)
+            publish(Record.load(directory / "result.json"), directory, records_dir)
         for protocol in extra:
             for name in names:
                 directory = runs_dir / default_run_dir(configured(name, seed)).relative_to("runs")
@@ -105,7 +86,7 @@ def sweep(dataset: str, defenses: Sequence[str] = (), *, preset: str = "tiny", s
                     say(f"{name} seed {seed}: evaluating under {protocol}")
                     reevaluate(directory, protocol=protocol, progress=progress)
                     say(f"{name} seed {seed}: {protocol} done in {time.perf_counter() - started:.0f} s")
-                _publish(Record.load(directory / record_name(protocol)), directory, records_dir)
+                publish(Record.load(directory / record_name(protocol)), directory, records_dir)
     records = load_records([records_dir])
     for protocol in {r.protocol for r in records if r.dataset == dataset} - {STANDARD_V1.name}:
         write_leaderboard(build_table(records, dataset, protocol=protocol), out, dataset, protocol)
@@ -119,11 +100,61 @@ def sweep(dataset: str, defenses: Sequence[str] = (), *, preset: str = "tiny", s
     return table
 
 
-def _publish(record: Record, directory: Path, records_dir: Path) -> None:
+def train_or_reuse(config: RunConfig, runs_dir: Path, *, progress: bool = True,
+                   say: Callable[[str], None] = print) -> Path:
+    """The run directory of ``config`` under ``runs_dir`` (its default name), after training and evaluating
+    it there unless a finished run of the same configuration is there already; a killed run resumes.
+
+    Raises:
+        RunDirError: the directory holds a finished run of other data or another configuration.
+    """
+    directory = runs_dir / default_run_dir(config).relative_to("runs")
+    label = f"{config.defense} seed {config.seed}"
+    record_path = directory / record_name(config.protocol)
+    if record_path.is_file():
+        stored = Record.load(record_path)
+        data = load_data(config, progress=progress)
+        if stored.fingerprint != data.fingerprint:
+            raise RunDirError(f"{directory} holds a finished run of other data (fingerprint {stored.fingerprint}, "
+                              f"the data now is {data.fingerprint}); move it away or pass --runs with another folder")
+        resolved = config.replace(  # the defaults a run fills in (run.prepare)
+            epochs=config.epochs or data.default_epochs, split=config.split or data.split,
+            modalities=unimodal_modalities(config.modalities, data.modalities) if config.modalities
+            else data.modalities)
+        differs = _differences(RunConfig.from_dict(stored.config), resolved)
+        if differs:
+            raise RunDirError(f"{directory} holds a finished run of another configuration ({differs}); move it "
+                              "away or pass --runs with another folder")
+        say(f"{label}: finished earlier")
+        return directory
+    state = resume_state(directory, None) if (directory / "checkpoint.pt").is_file() else None
+    check_run_dir(directory, resume=state is not None)
+    started = time.perf_counter()
+    say(f"{label}: {'resuming' if state else 'running'} in {directory}")
+    if state is not None:
+        config = RunConfig.from_dict(state["config"]).replace(device=config.device)
+    execute(config, directory, resume=state, progress=progress)
+    say(f"{label}: done in {time.perf_counter() - started:.0f} s")
+    return directory
+
+
+#: Settings that say where or how fast a run is made, not what it computes.
+_WHERE = ("device", "root", "data_dir", "eval_batch_size")
+
+
+def _differences(stored: RunConfig, wanted: RunConfig) -> str:
+    """The settings (other than where and how fast) in which a finished run differs from the one wanted."""
+    old, new = stored.to_dict(), wanted.to_dict()  # lists and plain values: comparable as they are
+    names = [k for k in new if k not in _WHERE and old.get(k) != new.get(k)]
+    return ", ".join(f"{k} {old.get(k)!r} not {new.get(k)!r}" for k in names)
+
+
+def publish(record: Record, directory: Path, records_dir: Path) -> Record:
     """Copy a run's record and outcomes to ``records_dir`` as ``<run>.json`` and ``<run>.outcomes.npz``
-    (``<run>.<protocol>.json`` and ``<run>.<protocol>.outcomes.npz`` for a protocol other than standard-v1)."""
+    (``<run>.<protocol>.json`` and ``<run>.<protocol>.outcomes.npz`` for a protocol other than standard-v1);
+    returns the copy."""
     records_dir.mkdir(parents=True, exist_ok=True)
     stem = directory.name if record.protocol == STANDARD_V1.name else f"{directory.name}.{record.protocol}"
     shutil.copyfile(directory / record.evaluation["outcomes"], records_dir / f"{stem}.outcomes.npz")
-    record.replace(evaluation={**record.evaluation, "outcomes": f"{stem}.outcomes.npz"}).save(
+    return record.replace(evaluation={**record.evaluation, "outcomes": f"{stem}.outcomes.npz"}).save(
         records_dir / f"{stem}.json")

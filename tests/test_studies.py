@@ -1,0 +1,147 @@
+"""``mmrobust study``: the paper's studies as commands, and the committed studies re-rendered from their files.
+
+Each study runs end to end on a one-epoch copy of ``synthetic-small``; the
+runs it trains are reused by a second study, and by a sweep of the same
+configuration. The committed studies of ``leaderboards/synthetic/studies``
+are collected again from their records and rendered again, byte for byte.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mmrobust.cli import cli
+from mmrobust.datasets.base import Dataset
+from mmrobust.registry import DATASETS, STUDIES
+from mmrobust.study import FOLDER, rerender
+
+ONE_EPOCH = "synthetic-small-1ep"
+COMMITTED = Path(__file__).resolve().parent.parent / "leaderboards" / "synthetic" / FOLDER
+
+
+@pytest.fixture(scope="module")
+def one_epoch(small_synthetic_module):
+    with DATASETS.scoped():
+
+        @DATASETS.register(ONE_EPOCH)
+        class OneEpoch(Dataset):
+            def load(self, request):
+                bundle = DATASETS.get(small_synthetic_module)().load(request)
+                return dataclasses.replace(bundle, name=ONE_EPOCH, default_epochs=1)
+
+        yield ONE_EPOCH
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    return tmp_path_factory.mktemp("studies")
+
+
+def _study(workspace, dataset, *args):
+    torch.set_num_threads(1)
+    result = CliRunner().invoke(cli, ["study", *args, "--dataset", dataset, "--device", "cpu", "--quiet",
+                                      "--runs", str(workspace / "runs"), "--out", str(workspace / "boards")])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def _files(workspace, dataset, name):
+    folder = workspace / "boards" / dataset / FOLDER
+    return folder, {p.suffix: p for p in folder.glob(f"{name}.*")}
+
+
+@pytest.mark.slow
+def test_curves_evaluate_one_model_at_every_eps(workspace, one_epoch):
+    result = _study(workspace, one_epoch, "curves", "--eps", "0", "2", "4")
+    folder, files = _files(workspace, one_epoch, "curves")
+    assert set(files) == {".json", ".md", ".csv", ".png", ".svg"}
+    manifest = json.loads(files[".json"].read_text())
+    data = manifest["data"]
+    assert data["eps"] == [0, 2, 4] and data["clean"]
+    runs = {row["record"] for row in manifest["rows"]}
+    assert len(runs) == 2  # one evaluation per ε > 0, of one trained model
+    assert (workspace / "runs" / one_epoch / "none-tiny-s0" / "result.json").is_file()  # 4×2/255 is standard-v1
+    for curve in data["curves"]:
+        at_zero, *rest = curve["values"]
+        assert at_zero == data["clean"]  # ε = 0 is the clean accuracy
+        assert all(v[0] <= data["clean"][0] for v in rest)  # an attack never raises accuracy
+    pgd = {c["target"]: [v[0] for v in c["values"]] for c in data["curves"] if c["attack"] == "pgd20"}
+    assert pgd["RS"][2] <= min(pgd["R"][2], pgd["S"][2]) + 1e-9
+    assert "| 2 " in result.output and "skeleton ε (cm)" in files[".md"].read_text()
+    assert files[".svg"].read_text().lstrip().startswith("<?xml")
+    # re-rendered from the files alone, byte for byte
+    _, again, rendered = rerender(folder, "curves")
+    assert again == data
+    assert rendered["md"] == files[".md"].read_text() and rendered["svg"] == files[".svg"].read_text()
+    assert rendered["png"] == files[".png"].read_bytes()
+
+
+@pytest.mark.slow
+def test_amr_count_reuses_runs_and_computes_ri_per_seed(workspace, one_epoch):
+    _study(workspace, one_epoch, "amr-count", "--counts", "0", "2")
+    runs = workspace / "runs" / one_epoch
+    assert (runs / "at-rs-tiny-s0" / "result.json").is_file() and (runs / "amr-tiny-s0-amrs2").is_dir()
+    folder, files = _files(workspace, one_epoch, "amr-count")
+    data = json.loads(files[".json"].read_text())["data"]
+    assert [row["key"] for row in data["rows"]] == ["none", "0 AMR (at-rs)", "2 AMRs"] and data["attack"] == "cw30"
+    by_key = {row["key"]: row for row in data["rows"]}
+    none, amr = by_key["none"], by_key["2 AMRs"]
+    assert none["ri"] == [0.0]
+    assert amr["ri"][0] == pytest.approx((amr["clean"][0] - none["clean"][0]) + (amr["avg"][0] - none["avg"][0]))
+    record = json.loads((runs / "amr-tiny-s0-amrs2" / "result.json").read_text())
+    assert record["config"]["defense_params"] == {"amrs": 2}
+    assert by_key["2 AMRs"]["robust"]["RS"] == [record["metrics"]["attacks"]["cw30"]["RS"]]
+    # another study of the same model trains nothing (and `none` above was the curves' run)
+    before = (runs / "amr-tiny-s0-amrs2" / "result.json").stat().st_mtime_ns
+    result = _study(workspace, one_epoch, "amr-weights", "--amrs", "2")
+    assert "amr seed 0: finished earlier" in result.output and "running" not in result.output
+    assert (runs / "amr-tiny-s0-amrs2" / "result.json").stat().st_mtime_ns == before
+    weights = json.loads(_files(workspace, one_epoch, "amr-weights")[1][".json"].read_text())["data"]
+    assert len(weights["amrs"]) == 2 and set(weights["amrs"][0]["weights"]) == {"rgb", "skeleton"}
+    _, again, rendered = rerender(folder, "amr-count")
+    assert again == data and rendered["csv"] == files[".csv"].read_text()
+
+
+def test_every_registered_study_documents_itself_and_checks_its_parameters():
+    for name in STUDIES.names():
+        result = CliRunner().invoke(cli, ["study", name, "--help"])
+        assert result.exit_code == 0 and "Example" in result.output and "--seeds" in result.output
+    bad = CliRunner().invoke(cli, ["study", "amr-count", "--counts", "0", "7"])
+    assert bad.exit_code == 1 and "counts must be distinct integers from 0 to 3" in bad.output
+    bad = CliRunner().invoke(cli, ["study", "curves", "--eps", "two"])
+    assert bad.exit_code == 2 and "are not int values" in bad.output
+    unknown = CliRunner().invoke(cli, ["study", "curve"])
+    assert unknown.exit_code == 2 and "curves" in unknown.output
+
+
+def test_a_run_folder_of_another_configuration_is_refused(workspace, one_epoch, tmp_path):
+    from mmrobust.config import RunConfig
+    from mmrobust.run import RunDirError
+    from mmrobust.sweep import train_or_reuse
+
+    source = workspace / "runs" / one_epoch / "none-tiny-s0"
+    if not (source / "result.json").is_file():
+        pytest.skip("needs the curves study's run (a slow test)")
+    stored = json.loads((source / "result.json").read_text())
+    (tmp_path / one_epoch / "none-tiny-s0").mkdir(parents=True)
+    (tmp_path / one_epoch / "none-tiny-s0" / "result.json").write_text(json.dumps(
+        {**stored, "config": {**stored["config"], "lr": 0.5}}))
+    with pytest.raises(RunDirError, match="another configuration .*lr 0.5 not 0.01"):
+        train_or_reuse(RunConfig(dataset=one_epoch, defense="none", device="cpu"), tmp_path, progress=False,
+                       say=lambda line: None)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in COMMITTED.glob("*.json")) if COMMITTED.is_dir() else [])
+def test_committed_study_rerenders_from_its_records(name):
+    manifest, data, rendered = rerender(COMMITTED, name)
+    assert data == manifest["data"], f"{name}: its records no longer give its data; re-run `mmrobust study {name}`"
+    for suffix, content in rendered.items():
+        path = COMMITTED / f"{name}.{suffix}"
+        stored = path.read_bytes() if isinstance(content, bytes) else path.read_text()
+        assert content == stored, f"{path} does not re-render from {name}.json"
