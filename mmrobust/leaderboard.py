@@ -70,6 +70,8 @@ REPORTED_PROTOCOL, REPORTED_ATTACK = "standard-v1", "pgd20"
 REPORTED_TARGETS = ("R", "S", "RS")
 FORMATS = ("md", "csv", "html")
 #: The attack a protocol's table ranks by unless told otherwise (``worst``: the pointwise worst case).
+#: The folder of a study's outputs and records under ``<leaderboard>/<dataset>/`` (:mod:`mmrobust.study`).
+STUDY_FOLDER = "studies"
 DEFAULT_ATTACK = {"standard-v1": "pgd20", "strong-v1": WORST}
 STANDARD, STRONG = "standard-v1", "strong-v1"  # the standard-v1 table sets strong-v1's worst case beside its own
 STRONG_AVG, KEPT = "strong-v1 Avg", "Kept %"  # those columns
@@ -89,7 +91,8 @@ def _candidate_files(path: Path) -> list[Path]:
         raise FileNotFoundError(f"{path}: no such result record or folder")
     found = []
     for folder, subfolders, files in os.walk(path):
-        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        # hidden folders, and a study's records (its own models and ε, read by `mmrobust study`), are not ranked
+        subfolders[:] = [name for name in subfolders if not name.startswith(".") and name != STUDY_FOLDER]
         in_records = "records" in Path(folder).relative_to(path).parts or path.name == "records"
         found += [Path(folder) / name for name in files
                   if is_run_record(name) or (in_records and name.endswith(".json"))]
@@ -135,15 +138,16 @@ def _modalities(record: Record) -> str:
 
 
 def recipe(record: Record) -> str:
-    """How a record's model was trained beyond its defense: ``scratch``, or the recipe and held-out share
-    (``warm-start``, ``holdout 0.2``, ...)."""
+    """How a record's model was trained beyond its defense: ``scratch``, or its defense parameters, recipe and
+    held-out share (``amrs=2``, ``warm-start``, ``holdout 0.2``, ...)."""
+    params = record.config.get("defense_params") or {}
     parts = [str(record.config.get("recipe", "scratch"))]
+    if params:
+        parts[:0] = [", ".join(f"{key}={params[key]}" for key in sorted(params))]
     holdout = record.config.get("holdout") or 0
     if holdout:
         parts.append(f"holdout {holdout:g}")
-    if len(parts) > 1 and parts[0] == "scratch":
-        parts = parts[1:]
-    return ", ".join(parts)
+    return ", ".join(part for part in parts if part != "scratch") or "scratch"
 
 
 def _identity(record: Record) -> tuple[str, str, str, str, str, str]:

@@ -48,11 +48,12 @@ import pandas as pd
 
 from mmrobust.config import RunConfig
 from mmrobust.files import atomic_write, write_json, write_text
+from mmrobust.leaderboard import STUDY_FOLDER, target_codes
 from mmrobust.protocol import STANDARD_V1, get_protocol
 from mmrobust.registry import DEFENSES, STUDIES
 from mmrobust.results import Record
 
-FOLDER = "studies"
+FOLDER = STUDY_FOLDER
 FORMAT = 1
 
 
@@ -303,8 +304,6 @@ def cell(values: Sequence[float], digits: int = 2) -> str:
 def variant_data(results: Sequence[Result], attack: str, reference: str | None = None) -> dict[str, Any]:
     """The paper's ablation layout (Tables 4 and 5): per job, per seed, ✓ clean accuracy, ✗ robust accuracy of
     ``attack`` on every target, their Avg, and RI against the job keyed ``reference`` of the same seed."""
-    from mmrobust.leaderboard import target_codes
-
     codes = target_codes(r.record for r in results)
     grouped = by_seed(results)
     baseline = {r.seed: r.record for r in grouped.get(reference, [])} if reference else {}

@@ -106,6 +106,18 @@ def test_duplicates_keep_the_newest_and_say_so(runs):
     assert 10.0 in table["✓RS"].values and 85.0 not in table["✓RS"].values  # provenance time wins
 
 
+def test_defense_parameters_make_another_model_and_a_study_folder_is_not_ranked(runs):
+    save(runs, "amr-amrs2", make_record("amr", 60.0, (5.0, 5.0, 5.0), config={"defense_params": {"amrs": 2}}))
+    board = runs / "boards" / "synthetic"
+    for folder in (board / "records", board / "studies" / "records"):
+        folder.mkdir(parents=True)
+    (board / "studies" / "records" / "amr-eps4.json").write_text(json.dumps(make_record("amr", 1.0, (1.0,) * 3)))
+    table = build_table(load_records([runs]), "synthetic")
+    rows = dict(zip(measured(table)["defense"], measured(table)["✓RS"]))
+    assert rows["amr"] == 85.0 and rows["amr (amrs=2)"] == 60.0  # two models, neither hides the other
+    assert not table.attrs.get("footnotes") and 1.0 not in rows.values()
+
+
 @pytest.mark.parametrize("dataset", ["ntu60", "imigue"])
 def test_paper_rows_are_appended_for_pgd20(runs, dataset):
     records = load_records([runs])

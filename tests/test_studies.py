@@ -108,6 +108,27 @@ def test_amr_count_reuses_runs_and_computes_ri_per_seed(workspace, one_epoch):
     assert again == data and rendered["csv"] == files[".csv"].read_text()
 
 
+@pytest.mark.parametrize("name", STUDIES.names())
+def test_contract_every_study_plans_valid_runs(name):
+    """A registered study: frozen Params with defaults, and runs of registered defenses under valid protocols,
+    with distinct keys, the same for every seed."""
+    from mmrobust.config import RunConfig
+    from mmrobust.registry import DEFENSES
+
+    study = STUDIES.get(name)()
+    params = study.Params()
+    assert dataclasses.is_dataclass(params) and study.title
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(params, dataclasses.fields(params)[0].name, None)
+    jobs = study.jobs(RunConfig(seed=0), params)
+    assert jobs and len({job.key for job in jobs}) == len(jobs)
+    assert [job.key for job in study.jobs(RunConfig(seed=3), params)] == [job.key for job in jobs]
+    for job in jobs:
+        assert job.config.defense in DEFENSES.names() and job.config.seed == 0
+        DEFENSES.get(job.config.defense).Params(**job.config.defense_params)
+        job.evaluation()
+
+
 def test_every_registered_study_documents_itself_and_checks_its_parameters():
     for name in STUDIES.names():
         result = CliRunner().invoke(cli, ["study", name, "--help"])
