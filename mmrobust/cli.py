@@ -576,8 +576,9 @@ class _Variadic(click.Command):
         current = None
         for arg in args:
             if arg.startswith("--"):
-                current = arg if arg in self.variadic else None
-                expanded.append(arg)
+                name = arg.partition("=")[0]
+                current = name if name in self.variadic else None
+                expanded += [name, arg.partition("=")[2]] if current and "=" in arg else [arg]
             elif current is not None and expanded[-1] != current:
                 expanded += [current, arg]
             else:
@@ -684,11 +685,9 @@ def study() -> None:
 
     \b
     Examples:
-      mmrobust study curves --dataset synthetic --defense none        # Fig. 2
-      mmrobust study unimodal --dataset synthetic                     # Table 1
-      mmrobust study amr-weights --dataset synthetic                  # Table 3, Fig. 4
-      mmrobust study amr-count --dataset synthetic --counts 0 1 2 3   # Table 4
-      mmrobust study lambda --dataset synthetic --values 0.1 0.5 1 2 5  # Table 5
+      mmrobust study --help                   # the registered studies
+      mmrobust study NAME --help              # what one computes, its options, an example
+      mmrobust study NAME --seeds 0 1 2       # over three training seeds
     """
 
 

@@ -144,6 +144,15 @@ def build_defense(name: str, params: dict[str, Any] | None = None) -> Defense:
     return factory(build_params(factory.params_type(), params or {}, owner=f"defense {name!r}"), name=name)
 
 
+def changed_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` without the values equal to defense ``name``'s defaults: what makes a run of it another
+    model (its folder name, its leaderboard row); all of them for a defense that is not registered here."""
+    if name not in DEFENSES:
+        return dict(params)
+    defaults = DEFENSES.get(name).params_type()()
+    return {k: v for k, v in params.items() if getattr(defaults, k, object()) != v}
+
+
 def defend(defense: Defense, model: nn.Module) -> nn.Module:
     """``defense.build(model)``, once: a model already built by a defense is refused.
 

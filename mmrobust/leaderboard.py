@@ -29,7 +29,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from mmrobust import stats
-from mmrobust.defense import reference_defense
+from mmrobust.defense import changed_params, reference_defense
 from mmrobust.files import write_text
 from mmrobust.metrics import WORST, relative_improvement
 from mmrobust.results import Record, RecordError, find_reference, is_run_record
@@ -140,7 +140,7 @@ def _modalities(record: Record) -> str:
 def recipe(record: Record) -> str:
     """How a record's model was trained beyond its defense: ``scratch``, or its defense parameters, recipe and
     held-out share (``amrs=2``, ``warm-start``, ``holdout 0.2``, ...)."""
-    params = record.config.get("defense_params") or {}
+    params = changed_params(record.defense, record.config.get("defense_params") or {})
     parts = [str(record.config.get("recipe", "scratch"))]
     if params:
         parts[:0] = [", ".join(f"{key}={params[key]}" for key in sorted(params))]

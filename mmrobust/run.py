@@ -26,7 +26,7 @@ import torch
 from mmrobust.config import RunConfig
 from mmrobust.datasets.base import Dataset, DatasetBundle, Split
 from mmrobust import runtime
-from mmrobust.defense import Defense, TrainContext, adaptive_views, build_defense, defend, reference_defense
+from mmrobust.defense import changed_params, Defense, TrainContext, adaptive_views, build_defense, defend, reference_defense
 from mmrobust.files import LOCK_FILE, exclusive, write_json
 from mmrobust.metrics import fill_ri, robust_metrics
 from mmrobust.model import MultimodalNet, unimodal_modalities
@@ -60,7 +60,7 @@ def default_run_dir(config: RunConfig) -> Path:
     tag = "-".join([config.defense.replace("+", "_"), config.preset, f"s{config.seed}"])
     if config.modalities:
         tag += "-" + "_".join(config.modalities)
-    for key, value in sorted(config.defense_params.items()):  # a defense's variants do not share a folder
+    for key, value in sorted(changed_params(config.defense, config.defense_params).items()):  # variants of a defense
         tag += f"-{key}{value:g}" if isinstance(value, float) else f"-{key}{str(value).lower()}"
     if config.recipe != "scratch":
         tag += f"-{config.recipe}"

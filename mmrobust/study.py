@@ -25,11 +25,11 @@ The table and plot are pure functions of ``<name>.json``, and its data a pure
 function of the records (:func:`rerender`), so a test recomputes every
 committed study from its files.
 
-Example::
+Example (``NAME`` a registered study, ``mmrobust study --help`` lists them)::
 
     from mmrobust.study import run_study
 
-    paths = run_study("curves", dataset="synthetic", seeds=[0], params={"defense": "none"})
+    paths = run_study(NAME, dataset="synthetic", seeds=[0, 1, 2])
 """
 
 from __future__ import annotations
@@ -47,10 +47,11 @@ import numpy as np
 import pandas as pd
 
 from mmrobust.config import RunConfig
+from mmrobust.defense import changed_params
 from mmrobust.files import atomic_write, write_json, write_text
 from mmrobust.leaderboard import STUDY_FOLDER, target_codes
 from mmrobust.protocol import STANDARD_V1, get_protocol
-from mmrobust.registry import DEFENSES, STUDIES
+from mmrobust.registry import STUDIES
 from mmrobust.results import Record
 
 FOLDER = STUDY_FOLDER
@@ -143,8 +144,7 @@ def make_params(study: Study, values: Mapping[str, Any]) -> Any:
 def defense_params(defense: str, **values: Any) -> dict[str, Any]:
     """``values`` without those equal to the defense's defaults, so that a job with default parameters is the
     same run (and run directory) as ``mmrobust run --defense D`` and a sweep's."""
-    defaults = DEFENSES.get(defense).Params()
-    return {k: v for k, v in values.items() if getattr(defaults, k) != v}
+    return changed_params(defense, values)
 
 
 # -- running -------------------------------------------------------------------------
@@ -169,7 +169,7 @@ def run_study(name: str, *, dataset: str = "synthetic", preset: str = "tiny", se
     study = build_study(name)
     chosen = make_params(study, params or {})
     base = RunConfig(dataset=dataset, preset=preset, device=device, split=split, root=root)
-    folder = out / dataset / FOLDER
+    folder = study_folder(out, dataset, split)
     results = []
     for seed in seeds:
         jobs = study.jobs(base.replace(seed=seed), chosen)
@@ -184,12 +184,24 @@ def run_study(name: str, *, dataset: str = "synthetic", preset: str = "tiny", se
             record = publish(Record.load(directory / record_name(evaluation)), directory, folder / "records")
             results.append(Result(job, seed, record, directory))
     manifest = {"format": FORMAT, "study": name, "title": study.title, "dataset": dataset, "preset": preset,
-                "split": split, "seeds": seeds, "params": _plain(dataclasses.asdict(chosen)),
+                "split": split, "seeds": seeds, "matplotlib": _matplotlib_version(), "params": _plain(dataclasses.asdict(chosen)),
                 "rows": [{"key": r.job.key, "seed": r.seed, "record": f"records/{r.record.path.name}"}
                          for r in results],
                 "data": study.collect(results, chosen)}
     paths = [write_json(folder / f"{name}.json", manifest)]
     return paths + write_outputs(study, manifest, folder)
+
+
+def study_folder(out: Path, dataset: str, split: str | None = None) -> Path:
+    """``<out>/<dataset>/studies`` (``<out>/<dataset>-<split>/studies`` for a split other than the default)."""
+    return out / (f"{dataset}-{split}" if split else dataset) / FOLDER
+
+
+def _matplotlib_version() -> str:
+    """The figures' bytes depend on it (fonts, rasteriser), so the manifest keeps it."""
+    import matplotlib
+
+    return matplotlib.__version__
 
 
 def _check_keys(jobs: Sequence[Job]) -> None:
@@ -270,11 +282,19 @@ def rerender(folder: Path, name: str) -> tuple[dict[str, Any], dict[str, Any], d
 # -- helpers the studies share -------------------------------------------------------------
 
 def accuracy(record: Record, attack: str | None, target: str | None) -> float:
-    """Clean accuracy (``attack`` None) or the robust accuracy of one attack on one target, in %."""
+    """Clean accuracy (``attack`` None) or the robust accuracy of one attack on one target, in %.
+
+    Raises:
+        ValueError: the record has no such attack or target (naming what it has).
+    """
     if attack is None:
         return float(record.metrics["clean"])
-    value = record.metrics["attacks"].get(attack, {}).get(target)
-    return float(value) if isinstance(value, (int, float)) else math.nan
+    attacks = record.metrics["attacks"]
+    value = attacks.get(attack, {}).get(target)
+    if not isinstance(value, (int, float)):
+        raise ValueError(f"{record.path or 'record'}: no accuracy of attack {attack!r} on target {target!r}; it "
+                         f"has attacks {', '.join(attacks)}")
+    return float(value)
 
 
 def by_seed(results: Sequence[Result]) -> dict[str, list[Result]]:
@@ -301,12 +321,12 @@ def cell(values: Sequence[float], digits: int = 2) -> str:
     return f"{mean:.{digits}f}" if math.isnan(spread) else f"{mean:.{digits}f} ± {spread:.{digits}f}"
 
 
-def variant_data(results: Sequence[Result], attack: str, reference: str | None = None) -> dict[str, Any]:
+def variant_data(results: Sequence[Result], attack: str, reference: str) -> dict[str, Any]:
     """The paper's ablation layout (Tables 4 and 5): per job, per seed, ✓ clean accuracy, ✗ robust accuracy of
     ``attack`` on every target, their Avg, and RI against the job keyed ``reference`` of the same seed."""
     codes = target_codes(r.record for r in results)
     grouped = by_seed(results)
-    baseline = {r.seed: r.record for r in grouped.get(reference, [])} if reference else {}
+    baseline = {r.seed: r.record for r in grouped.get(reference, [])}
     rows = []
     for key, runs in grouped.items():
         robust = {code: [accuracy(r.record, attack, code) for r in runs] for code in codes}
@@ -316,8 +336,7 @@ def variant_data(results: Sequence[Result], attack: str, reference: str | None =
         for i, run in enumerate(runs):
             other = baseline.get(run.seed)
             if other is None:
-                ri.append(math.nan)
-                continue
+                raise ValueError(f"no {reference!r} run of seed {run.seed} for RI")
             other_avg = float(np.mean([accuracy(other, attack, code) for code in codes]))
             ri.append((clean[i] - accuracy(other, None, None)) + (avg[i] - other_avg))
         rows.append({"key": key, "seeds": [r.seed for r in runs], "clean": clean, "robust": robust, "avg": avg,

@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -23,9 +24,10 @@ import pandas as pd
 
 from mmrobust import canary
 from mmrobust.config import RunConfig
-from mmrobust.defense import reference_defense
+from mmrobust.defense import changed_params, reference_defense
 from mmrobust.claims import write_claims
 from mmrobust.leaderboard import build_table, load_records, write_leaderboard
+from mmrobust.model import unimodal_modalities
 from mmrobust.registry import DEFENSES
 from mmrobust.results import Record
 from mmrobust.protocol import STANDARD_V1, get_protocol
@@ -77,7 +79,7 @@ def sweep(dataset: str, defenses: Sequence[str] = (), *, preset: str = "tiny", s
     for seed in seeds:
         for name in names:
             directory = train_or_reuse(configured(name, seed), runs_dir, progress=progress, say=say)
-            publish(Record.load(directory / "result.json"), directory, records_dir)
+            publish(Record.load(directory / record_name(STANDARD_V1.name)), directory, records_dir)
         for protocol in extra:
             for name in names:
                 directory = runs_dir / default_run_dir(configured(name, seed)).relative_to("runs")
@@ -117,17 +119,12 @@ def train_or_reuse(config: RunConfig, runs_dir: Path, *, progress: bool = True,
         if stored.fingerprint != data.fingerprint:
             raise RunDirError(f"{directory} holds a finished run of other data (fingerprint {stored.fingerprint}, "
                               f"the data now is {data.fingerprint}); move it away or pass --runs with another folder")
-        resolved = config.replace(  # the defaults a run fills in (run.prepare)
-            epochs=config.epochs or data.default_epochs, split=config.split or data.split,
-            modalities=unimodal_modalities(config.modalities, data.modalities) if config.modalities
-            else data.modalities)
-        differs = _differences(RunConfig.from_dict(stored.config), resolved)
-        if differs:
-            raise RunDirError(f"{directory} holds a finished run of another configuration ({differs}); move it "
-                              "away or pass --runs with another folder")
+        _refuse_another(directory, "a finished run", stored.config, config, data)
         say(f"{label}: finished earlier")
         return directory
     state = resume_state(directory, None) if (directory / "checkpoint.pt").is_file() else None
+    if state is not None:
+        _refuse_another(directory, "a killed run", state["config"], config, load_data(config, progress=progress))
     check_run_dir(directory, resume=state is not None)
     started = time.perf_counter()
     say(f"{label}: {'resuming' if state else 'running'} in {directory}")
@@ -138,14 +135,29 @@ def train_or_reuse(config: RunConfig, runs_dir: Path, *, progress: bool = True,
     return directory
 
 
-#: Settings that say where or how fast a run is made, not what it computes.
-_WHERE = ("device", "root", "data_dir", "eval_batch_size")
+def _refuse_another(directory: Path, what: str, stored: dict, wanted: RunConfig, data) -> None:
+    """RunDirError if the run in ``directory`` (its stored configuration) trains another model than ``wanted``
+    would, once ``wanted`` has the defaults a run fills in (run.prepare)."""
+    resolved = wanted.replace(
+        epochs=wanted.epochs or data.default_epochs, split=wanted.split or data.split,
+        modalities=unimodal_modalities(wanted.modalities, data.modalities) if wanted.modalities else data.modalities)
+    differs = _differences(RunConfig.from_dict(stored), resolved)
+    if differs:
+        raise RunDirError(f"{directory} holds {what} of another configuration ({differs}); move it away or pass "
+                          "--runs with another folder")
+
+
+#: Settings that say where or how fast a run is made, or how it is evaluated, not which model it trains.
+_NOT_THE_MODEL = ("device", "root", "data_dir", "eval_batch_size", "protocol", "eps", "attacks")
 
 
 def _differences(stored: RunConfig, wanted: RunConfig) -> str:
-    """The settings (other than where and how fast) in which a finished run differs from the one wanted."""
-    old, new = stored.to_dict(), wanted.to_dict()  # lists and plain values: comparable as they are
-    names = [k for k in new if k not in _WHERE and old.get(k) != new.get(k)]
+    """The settings that decide the trained model in which a run differs from the one wanted."""
+    old, new = (json.loads(json.dumps(c.to_dict())) for c in (stored, wanted))  # tuples and lists alike
+    ignored = set(_NOT_THE_MODEL) | ({"holdout_steps"} if not new.get("holdout") else set())
+    for config in (old, new):
+        config["defense_params"] = changed_params(config["defense"], config.get("defense_params") or {})
+    names = [k for k in new if k not in ignored and old.get(k) != new.get(k)]
     return ", ".join(f"{k} {old.get(k)!r} not {new.get(k)!r}" for k in names)
 
 

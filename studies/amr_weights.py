@@ -6,7 +6,9 @@ mean weight is above the video's) and plots the per-channel weights (Fig. 4:
 the skeleton's fluctuate more). Here the trained models of ``amr`` (with
 ``--amrs`` reweighters) are read after training; the mean, standard
 deviation and per-channel mean of each weight tensor are kept, and with
-several seeds their mean and spread. Unlike the other studies its data comes
+several seeds their mean and spread. AMRs are numbered in forward order
+(AMR 1 the shallowest) and the table says after which stage each sits; the
+paper does not say which end its numbering starts from. Unlike the other studies its data comes
 from the models, not the records, so ``amr-weights.json`` keeps it. For
 ntu60 and imigue the paper's Table 3 is shown, marked reported.
 
@@ -75,7 +77,8 @@ class AMRWeights(Study):
 
     def table(self, data: Mapping[str, Any], params: Params) -> pd.DataFrame:
         modalities = list(data["amrs"][0]["weights"]) if data["amrs"] else []
-        rows = []
+        rows = [{"weight": "after stage", **{f"AMR {i}": " / ".join(mixer["attach"][m] for m in modalities)
+                                            for i, mixer in enumerate(data["amrs"], start=1)}, "source": "measured"}]
         for modality in modalities:
             row = {"weight": f"mean of W ({modality})"}
             for index, mixer in enumerate(data["amrs"], start=1):

@@ -141,28 +141,62 @@ def test_every_registered_study_documents_itself_and_checks_its_parameters():
     assert unknown.exit_code == 2 and "curves" in unknown.output
 
 
-def test_a_run_folder_of_another_configuration_is_refused(workspace, one_epoch, tmp_path):
+def test_a_finished_run_is_reused_only_for_the_same_model(one_epoch, tmp_path):
     from mmrobust.config import RunConfig
-    from mmrobust.run import RunDirError
+    from mmrobust.results import SCHEMA
+    from mmrobust.run import RunDirError, default_run_dir, load_data
     from mmrobust.sweep import train_or_reuse
 
-    source = workspace / "runs" / one_epoch / "none-tiny-s0"
-    if not (source / "result.json").is_file():
-        pytest.skip("needs the curves study's run (a slow test)")
-    stored = json.loads((source / "result.json").read_text())
-    (tmp_path / one_epoch / "none-tiny-s0").mkdir(parents=True)
-    (tmp_path / one_epoch / "none-tiny-s0" / "result.json").write_text(json.dumps(
-        {**stored, "config": {**stored["config"], "lr": 0.5}}))
-    with pytest.raises(RunDirError, match="another configuration .*lr 0.5 not 0.01"):
-        train_or_reuse(RunConfig(dataset=one_epoch, defense="none", device="cpu"), tmp_path, progress=False,
-                       say=lambda line: None)
+    data = load_data(RunConfig(dataset=one_epoch), progress=False)
+    stored = RunConfig(dataset=one_epoch, defense="amr", defense_params={"amrs": 2}, modalities=("rgb", "skeleton"),
+                       epochs=data.default_epochs, split=data.split)
+    folder = tmp_path / default_run_dir(RunConfig(dataset=one_epoch, defense="amr", defense_params={"amrs": 2})
+                                        ).relative_to("runs")
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text(json.dumps({
+        "schema": SCHEMA, "dataset": one_epoch, "defense": "amr", "protocol": "standard-v1", "config": stored.to_dict(),
+        "metrics": {"clean": 50.0, "attacks": {}}, "data": {"fingerprint": data.fingerprint}}))
+
+    def reuse(**changes):
+        lines = []
+        wanted = RunConfig(dataset=one_epoch, defense="amr", defense_params={"amrs": 2}).replace(**changes)
+        return train_or_reuse(wanted, tmp_path, progress=False, say=lines.append), lines
+
+    # where, how fast and how it is evaluated do not make another model; the defaults a run fills in neither
+    for same in ({}, {"device": "cpu", "eval_batch_size": 7, "attacks": ("fgsm",)}, {"epochs": 1},
+                 {"defense_params": {"amrs": 2, "lam": 1.0}}):
+        directory, lines = reuse(**same)
+        assert directory == folder and lines == ["amr seed 0: finished earlier"], same
+    for other, named in (({"lr": 0.5}, "lr 0.01 not 0.5"), ({"epochs": 3}, "epochs 1 not 3"),
+                         ({"batch_size": 8}, "batch_size 16 not 8")):
+        with pytest.raises(RunDirError, match=f"another configuration .*{named}"):
+            reuse(**other)
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in COMMITTED.glob("*.json")) if COMMITTED.is_dir() else [])
+COMMITTED_STUDIES = sorted(p.stem for p in COMMITTED.glob("*.json")) if COMMITTED.is_dir() else []
+
+
+def test_the_synthetic_studies_are_committed():
+    assert set(COMMITTED_STUDIES) == set(STUDIES.names())
+
+
+@pytest.mark.parametrize("name", COMMITTED_STUDIES)
 def test_committed_study_rerenders_from_its_records(name):
     manifest, data, rendered = rerender(COMMITTED, name)
     assert data == manifest["data"], f"{name}: its records no longer give its data; re-run `mmrobust study {name}`"
-    for suffix, content in rendered.items():
-        path = COMMITTED / f"{name}.{suffix}"
-        stored = path.read_bytes() if isinstance(content, bytes) else path.read_text()
-        assert content == stored, f"{path} does not re-render from {name}.json"
+    for suffix in ("md", "csv"):
+        assert rendered[suffix] == (COMMITTED / f"{name}.{suffix}").read_text(), \
+            f"{name}.{suffix} does not re-render from {name}.json"
+
+
+@pytest.mark.parametrize("name", COMMITTED_STUDIES)
+def test_committed_study_figures_redraw_identically(name):
+    import matplotlib
+
+    manifest, _, rendered = rerender(COMMITTED, name)
+    if manifest.get("matplotlib") != matplotlib.__version__:
+        pytest.skip(f"{name}'s figures were drawn by matplotlib {manifest['matplotlib']}, this is "
+                    f"{matplotlib.__version__}: their bytes differ between versions")
+    assert {"svg", "png"} <= set(rendered)
+    assert rendered["svg"] == (COMMITTED / f"{name}.svg").read_text()
+    assert rendered["png"] == (COMMITTED / f"{name}.png").read_bytes()
