@@ -641,17 +641,17 @@ def _study_command(name: str) -> click.Command:
                     raise click.BadParameter(f"{' '.join(value)!r} are not {kind.__name__} values",
                                              param_hint="--" + field.name.replace("_", "-")) from None
             chosen[field.name] = value
-        paths = run_study(name, dataset=dataset, preset=preset, seeds=_seeds(" ".join(_split_values(seeds)) or None,
-                                                                            None, ()),
-                          params=chosen, device=device, split=split, root=root, runs_dir=Path(runs_dir),
+        chosen_seeds = _seeds(" ".join(_split_values(seeds)) or None, None, ())
+        paths = run_study(name, dataset=dataset, preset=preset, seeds=chosen_seeds, params=chosen, device=device, split=split, root=root, runs_dir=Path(runs_dir),
                           out=Path(out), progress=not quiet, say=lambda line: click.echo(line, err=True))
         markdown = next(p for p in paths if p.suffix == ".md")
         click.echo(markdown.read_text())
         click.echo(f"wrote {', '.join(str(p) for p in paths)}", err=True)
 
     doc = (sys.modules[type(study).__module__].__doc__ or study.title).strip()
-    return _Variadic(name, params=options, callback=callback, help=doc.replace("``", "`").replace("::\n\n", ":\n\n\b\n"),
-                     short_help=study.title, variadic=tuple(variadic))
+    doc = doc.replace("``", "`").replace("::\n\n", ":\n\n\b\n")  # the example keeps its lines
+    return _Variadic(name, params=options, callback=callback, help=doc, short_help=study.title,
+                     variadic=tuple(variadic))
 
 
 class _Studies(click.Group):

@@ -69,9 +69,9 @@ REPORTED_PROTOCOL, REPORTED_ATTACK = "standard-v1", "pgd20"
 
 REPORTED_TARGETS = ("R", "S", "RS")
 FORMATS = ("md", "csv", "html")
-#: The attack a protocol's table ranks by unless told otherwise (``worst``: the pointwise worst case).
 #: The folder of a study's outputs and records under ``<leaderboard>/<dataset>/`` (:mod:`mmrobust.study`).
 STUDY_FOLDER = "studies"
+#: The attack a protocol's table ranks by unless told otherwise (``worst``: the pointwise worst case).
 DEFAULT_ATTACK = {"standard-v1": "pgd20", "strong-v1": WORST}
 STANDARD, STRONG = "standard-v1", "strong-v1"  # the standard-v1 table sets strong-v1's worst case beside its own
 STRONG_AVG, KEPT = "strong-v1 Avg", "Kept %"  # those columns

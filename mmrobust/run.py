@@ -26,7 +26,8 @@ import torch
 from mmrobust.config import RunConfig
 from mmrobust.datasets.base import Dataset, DatasetBundle, Split
 from mmrobust import runtime
-from mmrobust.defense import changed_params, Defense, TrainContext, adaptive_views, build_defense, defend, reference_defense
+from mmrobust.defense import (Defense, TrainContext, adaptive_views, build_defense, changed_params, defend,
+                              reference_defense)
 from mmrobust.files import LOCK_FILE, exclusive, write_json
 from mmrobust.metrics import fill_ri, robust_metrics
 from mmrobust.model import MultimodalNet, unimodal_modalities

@@ -184,7 +184,8 @@ def run_study(name: str, *, dataset: str = "synthetic", preset: str = "tiny", se
             record = publish(Record.load(directory / record_name(evaluation)), directory, folder / "records")
             results.append(Result(job, seed, record, directory))
     manifest = {"format": FORMAT, "study": name, "title": study.title, "dataset": dataset, "preset": preset,
-                "split": split, "seeds": seeds, "matplotlib": _matplotlib_version(), "params": _plain(dataclasses.asdict(chosen)),
+                "split": split, "seeds": seeds, "matplotlib": _matplotlib_version(),
+                "params": _plain(dataclasses.asdict(chosen)),
                 "rows": [{"key": r.job.key, "seed": r.seed, "record": f"records/{r.record.path.name}"}
                          for r in results],
                 "data": study.collect(results, chosen)}
@@ -230,8 +231,8 @@ def rendered(study: Study, manifest: Mapping[str, Any]) -> dict[str, str | bytes
 
     params = make_params(study, manifest["params"])
     table = study.table(manifest["data"], params)
-    caption = (f"{manifest['title']} ({manifest['dataset']}, preset {manifest['preset']}, training seed"
-               f"{'s' if len(manifest['seeds']) > 1 else ''} {', '.join(map(str, manifest['seeds']))})")
+    caption = (f"{manifest['title']}: {manifest['dataset']}, preset {manifest['preset']}, training seed"
+               f"{'s' if len(manifest['seeds']) > 1 else ''} {', '.join(map(str, manifest['seeds']))}")
     files: dict[str, str | bytes] = {"md": f"{caption}\n\n{_markdown(table)}\n", "csv": table.to_csv(index=False)}
     # files that re-render to the byte: no date or software stamp, a fixed id salt, glyphs as paths
     with matplotlib.rc_context({"svg.hashsalt": "mmrobust", "svg.fonttype": "path", "font.family": "DejaVu Sans"}):
@@ -319,6 +320,15 @@ def cell(values: Sequence[float], digits: int = 2) -> str:
         return "–"
     mean, spread = mean_spread(values)
     return f"{mean:.{digits}f}" if math.isnan(spread) else f"{mean:.{digits}f} ± {spread:.{digits}f}"
+
+
+def check_attack(attack: str, protocol: str = STANDARD_V1.name) -> None:
+    """ValueError unless ``attack`` is a column of ``protocol``'s records (an attack key, or ``worst``)."""
+    from mmrobust.metrics import WORST
+
+    columns = [setting.key for setting in get_protocol(protocol).attacks] + [WORST]
+    if attack not in columns:
+        raise ValueError(f"attack {attack!r} is not a column of {protocol}; it has {', '.join(columns)}")
 
 
 def variant_data(results: Sequence[Result], attack: str, reference: str) -> dict[str, Any]:

@@ -23,7 +23,8 @@ import pandas as pd
 
 from mmrobust.config import RunConfig
 from mmrobust.registry import register_study
-from mmrobust.study import Job, Result, Study, defense_params, variant_data, variant_plot, variant_table
+from mmrobust.study import (Job, Result, Study, check_attack, defense_params, variant_data, variant_plot,
+                            variant_table)
 
 REFERENCE = "none"
 MAX_COUNT = 3
@@ -54,6 +55,7 @@ class Params:
         if not self.counts or len(set(self.counts)) != len(self.counts) \
                 or any(not isinstance(c, int) or not 0 <= c <= MAX_COUNT for c in self.counts):
             raise ValueError(f"counts must be distinct integers from 0 to {MAX_COUNT}, got {list(self.counts)}")
+        check_attack(self.attack)
 
 
 def _label(count: int) -> str:

@@ -22,7 +22,8 @@ import pandas as pd
 
 from mmrobust.config import RunConfig
 from mmrobust.registry import register_study
-from mmrobust.study import Job, Result, Study, defense_params, variant_data, variant_plot, variant_table
+from mmrobust.study import (Job, Result, Study, check_attack, defense_params, variant_data, variant_plot,
+                            variant_table)
 
 REFERENCE = "none"
 #: AMR paper, Table 5 (iMiGUE, 1 AMR, PGD-20): ✓RS, ✗R, ✗S, ✗RS, Avg, RI per λ.
@@ -49,6 +50,7 @@ class Params:
         values = [float(v) for v in self.values]
         if not values or len(set(values)) != len(values) or min(values) < 0:
             raise ValueError(f"values must be distinct non-negative numbers, got {list(self.values)}")
+        check_attack(self.attack)
 
 
 @register_study("lambda")

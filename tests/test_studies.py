@@ -135,6 +135,8 @@ def test_every_registered_study_documents_itself_and_checks_its_parameters():
         assert result.exit_code == 0 and "Example" in result.output and "--seeds" in result.output
     bad = CliRunner().invoke(cli, ["study", "amr-count", "--counts", "0", "7"])
     assert bad.exit_code == 1 and "counts must be distinct integers from 0 to 3" in bad.output
+    bad = CliRunner().invoke(cli, ["study", "lambda", "--attack", "pgd10"])
+    assert bad.exit_code == 1 and "'pgd10' is not a column of standard-v1; it has fgsm, pgd20, cw30" in bad.output
     bad = CliRunner().invoke(cli, ["study", "curves", "--eps", "two"])
     assert bad.exit_code == 2 and "are not int values" in bad.output
     unknown = CliRunner().invoke(cli, ["study", "curve"])
