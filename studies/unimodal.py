@@ -29,7 +29,7 @@ import pandas as pd
 from mmrobust.config import RunConfig
 from mmrobust.leaderboard import target_codes
 from mmrobust.registry import register_study
-from mmrobust.study import Job, Result, Study, accuracy, by_seed, cell
+from mmrobust.study import Job, Result, Study, accuracy, by_seed, cell, mean_spread
 
 FUSED = "fused"
 WORST = "worst"
@@ -120,3 +120,37 @@ class Unimodal(Study):
                 row["source"] = "reported"
                 rows.append(row)
         return pd.DataFrame(rows).fillna("–")
+
+    def plot(self, data: Mapping[str, Any], params: Params) -> Any:
+        """Per attack, the fused model with one modality attacked beside the other modality's own model, clean."""
+        import matplotlib.pyplot as plt
+        import numpy as np
+
+        singles = [c for c in data["targets"] if c in data["unimodal"]]
+        pairs = []  # (fused with `attacked` attacked, the model of the modality that stayed clean)
+        for attacked in singles:
+            for kept in (c for c in singles if c != attacked):
+                pairs.append((attacked, kept))
+        fig, ax = plt.subplots(figsize=(max(5.0, 2.2 * len(data["attacks"]) + 1.5), 3.8))
+        width = 0.8 / (2 * len(pairs))
+        series = []
+        for attacked, kept in pairs:
+            series.append((f"fused, {data['unimodal'][attacked]['modality']} attacked (✗{attacked})",
+                           [data["robust"][a][attacked] for a in data["attacks"]]))
+            series.append((f"{data['unimodal'][kept]['modality']} only, clean (✓{kept})",
+                           [data["unimodal"][kept]["clean"]] * len(data["attacks"])))
+        for index, (label, values) in enumerate(series):
+            stats = [mean_spread(v) for v in values]
+            spreads = [0.0 if np.isnan(sd) else sd for _, sd in stats]
+            positions = np.arange(len(data["attacks"])) + (index - (len(series) - 1) / 2) * width
+            ax.bar(positions, [m for m, _ in stats], width, yerr=spreads if any(spreads) else None, capsize=2,
+                   label=label, hatch="//" if index % 2 else None, alpha=0.9)
+        ax.set_xticks(np.arange(len(data["attacks"])), data["attacks"])
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title(f"Fused model with one modality attacked vs the other modality alone (ε = {data['eps']:g}/255)",
+                     fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.1))
+        fig.tight_layout()
+        return fig
