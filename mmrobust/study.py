@@ -351,12 +351,14 @@ def variant_data(results: Sequence[Result], attack: str, reference: str) -> dict
             ri.append((clean[i] - accuracy(other, None, None)) + (avg[i] - other_avg))
         rows.append({"key": key, "seeds": [r.seed for r in runs], "clean": clean, "robust": robust, "avg": avg,
                      "ri": ri})
-    return {"attack": attack, "targets": codes, "reference": reference, "rows": rows}
+    return {"dataset": results[0].record.dataset, "attack": attack, "targets": codes, "reference": reference,
+            "rows": rows}
 
 
-def variant_table(data: Mapping[str, Any], label: str, reported: Sequence[Mapping[str, Any]] = ()) -> pd.DataFrame:
-    """The table of :func:`variant_data`: one row per job (mean ± spread over seeds), then any rows the paper
-    reports (``reported``: dicts with ``label``, ``source`` and the same column names)."""
+def variant_table(data: Mapping[str, Any], label: str,
+                  reported: Mapping[str, Sequence[float]] = ()) -> pd.DataFrame:
+    """The table of :func:`variant_data`: one row per job (mean ± spread over seeds), then the rows the paper
+    reports (``reported``: row label to ✓, ✗ per target, Avg and RI, in the table's column order)."""
     clean = "✓" + max(data["targets"], key=len, default="")
     rows = []
     for row in data["rows"]:
@@ -364,10 +366,9 @@ def variant_table(data: Mapping[str, Any], label: str, reported: Sequence[Mappin
         entry.update({f"✗{code}": cell(row["robust"][code]) for code in data["targets"]})
         entry.update({"Avg": cell(row["avg"]), "RI": cell(row["ri"]), "source": "measured"})
         rows.append(entry)
-    for row in reported:
-        rows.append({label: row["label"], **{k: (f"{v:.2f}" if isinstance(v, (int, float)) else v)
-                                             for k, v in row.items() if k != "label"}})
     columns = [label, clean, *(f"✗{code}" for code in data["targets"]), "Avg", "RI", "source"]
+    for name, values in dict(reported).items():
+        rows.append({label: name, **{c: f"{v:.2f}" for c, v in zip(columns[1:-1], values)}, "source": "reported"})
     return pd.DataFrame(rows).reindex(columns=columns).fillna("–")
 
 

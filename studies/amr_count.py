@@ -76,13 +76,12 @@ class AMRCount(Study):
         return jobs
 
     def collect(self, results: Sequence[Result], params: Params) -> dict[str, Any]:
-        return {**variant_data(results, params.attack, REFERENCE), "dataset": results[0].record.dataset}
+        return variant_data(results, params.attack, REFERENCE)
 
     def table(self, data: Mapping[str, Any], params: Params) -> pd.DataFrame:
-        reported = [{"label": f"{_label(k) if k != REFERENCE else k} (paper)", **dict(zip(
-            ("✓RS", "✗R", "✗S", "✗RS", "Avg", "RI"), v)), "source": "reported"}
-                    for k, v in REPORTED.get(data["dataset"], {}).items()]
-        return variant_table(data, "model", reported)
+        reported = REPORTED.get(data["dataset"], {})
+        return variant_table(data, "model", {f"{k if k == REFERENCE else _label(k)} (paper)": v
+                                             for k, v in reported.items()})
 
     def plot(self, data: Mapping[str, Any], params: Params) -> Any:
         return variant_plot(data, f"number of AMRs, {data['attack']}")

@@ -67,13 +67,12 @@ class Lambda(Study):
         return jobs
 
     def collect(self, results: Sequence[Result], params: Params) -> dict[str, Any]:
-        return {**variant_data(results, params.attack, REFERENCE), "dataset": results[0].record.dataset}
+        return variant_data(results, params.attack, REFERENCE)
 
     def table(self, data: Mapping[str, Any], params: Params) -> pd.DataFrame:
-        reported = [{"label": (f"λ = {k:g}" if k != REFERENCE else k) + " (paper)", **dict(zip(
-            ("✓RS", "✗R", "✗S", "✗RS", "Avg", "RI"), v)), "source": "reported"}
-                    for k, v in REPORTED.get(data["dataset"], {}).items()]
-        return variant_table(data, "model", reported)
+        reported = REPORTED.get(data["dataset"], {})
+        return variant_table(data, "model", {f"{k if k == REFERENCE else f'λ = {k:g}'} (paper)": v
+                                             for k, v in reported.items()})
 
     def plot(self, data: Mapping[str, Any], params: Params) -> Any:
         return variant_plot(data, f"AMR's λ, {data['attack']}")

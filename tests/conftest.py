@@ -76,3 +76,34 @@ def small_synthetic_module() -> str:
     """``synthetic-small`` registered for a whole test module."""
     with _registered_small_synthetic() as name:
         yield name
+
+
+ONE_EPOCH = "synthetic-small-1ep"
+
+
+@contextlib.contextmanager
+def _registered_one_epoch(small: str):
+    """Register ``synthetic-small-1ep``: ``small`` (``synthetic-small``) with a one-epoch recipe."""
+    with DATASETS.scoped():
+
+        @DATASETS.register(ONE_EPOCH)
+        class OneEpoch(Dataset):
+            def load(self, request: DataRequest) -> DatasetBundle:
+                bundle = DATASETS.get(small)().load(request)
+                return dataclasses.replace(bundle, name=ONE_EPOCH, default_epochs=1)
+
+        yield ONE_EPOCH
+
+
+@pytest.fixture
+def one_epoch_dataset(small_synthetic) -> str:
+    """``synthetic-small`` with a one-epoch recipe, for tests of sweeps and studies."""
+    with _registered_one_epoch(small_synthetic) as name:
+        yield name
+
+
+@pytest.fixture(scope="module")
+def one_epoch_module(small_synthetic_module) -> str:
+    """``synthetic-small-1ep`` registered for a whole test module."""
+    with _registered_one_epoch(small_synthetic_module) as name:
+        yield name

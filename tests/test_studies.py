@@ -17,25 +17,15 @@ import torch
 from click.testing import CliRunner
 
 from mmrobust.cli import cli
-from mmrobust.datasets.base import Dataset
-from mmrobust.registry import DATASETS, STUDIES
+from mmrobust.registry import STUDIES
 from mmrobust.study import FOLDER, rerender
 
-ONE_EPOCH = "synthetic-small-1ep"
 COMMITTED = Path(__file__).resolve().parent.parent / "leaderboards" / "synthetic" / FOLDER
 
 
 @pytest.fixture(scope="module")
-def one_epoch(small_synthetic_module):
-    with DATASETS.scoped():
-
-        @DATASETS.register(ONE_EPOCH)
-        class OneEpoch(Dataset):
-            def load(self, request):
-                bundle = DATASETS.get(small_synthetic_module)().load(request)
-                return dataclasses.replace(bundle, name=ONE_EPOCH, default_epochs=1)
-
-        yield ONE_EPOCH
+def one_epoch(one_epoch_module):
+    return one_epoch_module
 
 
 @pytest.fixture(scope="module")

@@ -6,34 +6,13 @@ changed generator never slips stale numbers into a leaderboard.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pandas as pd
-import pytest
 from click.testing import CliRunner
 
 from mmrobust.canary import add_environment, for_environment, record_digests
 from mmrobust.cli import cli
-from mmrobust.datasets.base import Dataset
-from mmrobust.registry import DATASETS
-
-ONE_EPOCH = "synthetic-small-1ep"
-
-
-@pytest.fixture
-def one_epoch_dataset(small_synthetic):
-    """``synthetic-small`` with a one-epoch recipe."""
-    with DATASETS.scoped():
-
-        @DATASETS.register(ONE_EPOCH)
-        class OneEpoch(Dataset):
-            def load(self, request):
-                bundle = DATASETS.get(small_synthetic)().load(request)
-                return dataclasses.replace(bundle, name=ONE_EPOCH, default_epochs=1)
-
-        yield ONE_EPOCH
-
 
 def _sweep(tmp_path, dataset):
     args = ["sweep", "--dataset", dataset, "--defenses", "none,minsim", "--device", "cpu", "--quiet",
