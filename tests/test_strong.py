@@ -18,7 +18,6 @@ from mmrobust.datasets.base import SKELETON, Split, absent_people
 from mmrobust.defense import Defense, adaptive_views, build_defense, defend
 from mmrobust.presets import PRESETS, build_model
 from mmrobust.protocol import INDICATORS, STANDARD_V1, STRONG_V1, AttackSetting, evaluate, get_protocol
-from test_sweep import one_epoch_dataset  # noqa: F401  (a fixture)
 
 CLASSES = 4
 SHAPES = {"rgb": (3, 2, 4, 4), "skeleton": (3, 4, 5, 2)}
