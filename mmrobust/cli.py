@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sys
 import tomllib
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from mmrobust.config import RECIPES, RunConfig
+from mmrobust.distributed import TeamError
 from mmrobust.files import DiskFullError, FolderInUseError
 from mmrobust.registry import COMMANDS, REGISTRIES, DuplicateNameError, RegistryLoadError, UnknownNameError
 
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
     from mmrobust.results import Record
 
 USER_ERRORS = (ValueError, FileNotFoundError, UnknownNameError, NotADirectoryError, PermissionError, RegistryLoadError,
-               FolderInUseError, DiskFullError)
+               FolderInUseError, DiskFullError, TeamError)
 
 
 def _parse_value(text: str) -> Any:
@@ -53,6 +55,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except USER_ERRORS as error:
+            if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 alone says what went wrong
+                raise click.exceptions.Exit(1) from None
             raise click.ClickException(str(error)) from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -138,6 +142,13 @@ def _names_option(value: str | None) -> tuple[str, ...] | None:
                    "seed and holdout beside the run directory (run it first).")
 @click.option("--eval-batch-size", default=64, show_default=True, type=click.IntRange(min=1),
               help="Samples attacked together.")
+@click.option("--amp", is_flag=True, default=False,
+              help="Train under bf16 autocast (GPUs; another model, recorded as such). Evaluation stays fp32.")
+@click.option("--grad-checkpoint", is_flag=True, default=False,
+              help="Recompute I3D's Inception blocks in the backward pass: less memory, same numbers "
+                   "(see `mmrobust model-info --memory`).")
+@click.option("--sync-bn", is_flag=True, default=False,
+              help="Under torchrun, BatchNorm over the global batch (CUDA) instead of each rank's share.")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
               help="A flat TOML file of run settings; flags given explicitly override it.")
 @click.option("--run-dir", default=None, type=click.Path(file_okay=False),
@@ -158,12 +169,22 @@ def run(ctx: click.Context, modalities: str | None, defense_params: tuple[str, .
     (DIR/result-strong-v1.json).
 
     \b
+    Under torchrun every process runs this command on its share: each batch
+    of --batch-size clips is split over the processes (DistributedDataParallel),
+    each test clip is attacked by one process, and rank 0 writes. A worker
+    group that torchrun restarts after a failure resumes from the last
+    checkpoint.
+
+    \b
     Examples:
       mmrobust run --defense none --dataset synthetic
       mmrobust run --defense none --modalities rgb          # unimodal baseline
       mmrobust run --config run.toml --epochs 5
       mmrobust run --run-dir runs/x --resume                # continue a killed run
+      torchrun --nproc-per-node 8 -m mmrobust run --defense amr --dataset ntu60 \\
+          --root /data/nturgbd --preset paper --device cuda
     """
+    from mmrobust.distributed import join, leave, restarted
     from mmrobust.run import check_run_dir, default_run_dir, execute, resume_config, resume_state, validate
 
     explicit = {option: value for option, value in flags.items()
@@ -185,15 +206,24 @@ def run(ctx: click.Context, modalities: str | None, defense_params: tuple[str, .
     validate(config)
     directory = Path(run_dir) if run_dir else default_run_dir(config)
 
+    if resume is None and restarted() and (directory / "checkpoint.pt").is_file():
+        resume = ""  # torchrun restarted the workers after a failure: continue from the last checkpoint
     state = None
     if resume is not None:
         state = resume_state(directory, resume or None)
         config = resume_config(state, explicit, config.device)
     check_run_dir(directory, resume=state is not None)
 
-    click.echo(f"run directory: {directory}", err=True)
-    record = execute(config, directory, resume=state, progress=not quiet)
-    _report(record)
+    team = join(config.device)
+    try:
+        if team.main:
+            click.echo(f"run directory: {directory}" + (f" ({team.size} processes)" if team.size > 1 else ""),
+                       err=True)
+        record = execute(config, directory, resume=state, progress=not quiet, team=team)
+        if team.main:
+            _report(record)
+    finally:
+        leave()
 
 
 def _report(record: Record) -> None:
@@ -256,17 +286,29 @@ def eval_(run_dir: str, protocol: str | None, eps: str | None, attacks: str | No
     standard-v1's. An interrupted evaluation resumes from the finished cells.
 
     \b
+    Under torchrun the chunks of test clips are shared out over the processes,
+    each attacked once, and the outcomes gathered: the record's per-sample
+    outcomes are those of one process on the same kind of device.
+
+    \b
     Examples:
       mmrobust eval --run-dir runs/synthetic/none-tiny-s0
       mmrobust eval --run-dir runs/synthetic/amr-tiny-s0 --protocol strong-v1
       mmrobust eval --run-dir runs/synthetic/none-tiny-s0 --eps 4/255 --attacks pgd20
+      torchrun --nproc-per-node 8 -m mmrobust eval --run-dir runs/ntu60-xsub/amr-paper-s0
     """
-    from mmrobust.run import reevaluate
+    from mmrobust.distributed import join, leave
+    from mmrobust.run import reevaluate, run_device
 
     directory = Path(run_dir)
-    record = reevaluate(directory, protocol=protocol, eps=_eps_option(eps), attacks=_names_option(attacks),
-                        device=device, batch_size=eval_batch_size, progress=not quiet)
-    _report(record)
+    team = join(device or run_device(directory))
+    try:
+        record = reevaluate(directory, protocol=protocol, eps=_eps_option(eps), attacks=_names_option(attacks),
+                            device=device, batch_size=eval_batch_size, progress=not quiet, team=team)
+        if team.main:
+            _report(record)
+    finally:
+        leave()
 
 
 # -- list ---------------------------------------------------------------------
@@ -322,27 +364,61 @@ def list_(kind: str | None) -> None:
 
 # -- model-info -----------------------------------------------------------------
 
+def _batch_sizes_option(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    """A comma-separated list of positive batch sizes, or None when not given."""
+    if value is None:
+        return None
+    try:
+        sizes = tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise click.BadParameter(f"expected positive integers separated by commas, e.g. 1,8,16; got {value!r}")
+    return sizes
+
+
 @cli.command(name="model-info")
 @click.option("--preset", default="tiny", show_default=True)
 @click.option("--num-classes", default=60, show_default=True, type=click.IntRange(min=2))
 @click.option("--joints", default=25, show_default=True, type=click.IntRange(min=1), help="Skeleton joints V.")
 @click.option("--persons", default=2, show_default=True, type=click.IntRange(min=1), help="Skeleton persons M.")
 @click.option("--coords", default=3, show_default=True, type=click.IntRange(min=1), help="Coordinates per joint C.")
+@click.option("--memory", is_flag=True,
+              help="Estimate the peak memory of a training step and an attack step instead (see below).")
+@click.option("--batch-sizes", default=None, metavar="B[,B]", callback=_batch_sizes_option,
+              help="Batch sizes per process for --memory (implies it) [default: 1,2,4,8,16].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-def model_info(preset: str, num_classes: int, joints: int, persons: int, coords: int, as_json: bool) -> None:
+def model_info(preset: str, num_classes: int, joints: int, persons: int, coords: int, memory: bool,
+               batch_sizes: tuple[int, ...] | None, as_json: bool) -> None:
     """Show each branch's stages with output shapes and parameter counts.
 
     A branch's `parameters` count is its backbone without the classifier; the
     fusion head is listed on its own.
 
+    With --memory, print instead the estimated peak memory (GiB, float32) of
+    one process per batch size, without and with checkpointed blocks
+    (`mmrobust run --grad-checkpoint`): `train` is a clean training step (SGD
+    with momentum), `attack` one step of an attack in eval mode on every
+    modality (what evaluation needs), `pgd-at` a step of PGD adversarial
+    training, the larger of its attack and its training forward+backward plus
+    the optimiser's state. The model runs on PyTorch's meta device, so nothing
+    is allocated; the CUDA context, cuDNN workspaces and allocator
+    fragmentation come on top. With --json the sizes are in bytes, part by part.
+
     \b
     Examples:
       mmrobust model-info --preset paper --num-classes 60
       mmrobust model-info --preset paper --num-classes 60 --json
+      mmrobust model-info --preset paper --memory
+      mmrobust model-info --preset paper --memory --batch-sizes 8,16 --json
     """
+    skeleton_shape = (coords, None, joints, persons)
+    if memory or batch_sizes is not None:
+        _print_memory(preset, num_classes, skeleton_shape, batch_sizes or (1, 2, 4, 8, 16), as_json)
+        return
     from mmrobust.info import describe_model
 
-    info = describe_model(preset, num_classes, skeleton_shape=(coords, None, joints, persons))
+    info = describe_model(preset, num_classes, skeleton_shape=skeleton_shape)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -354,6 +430,34 @@ def model_info(preset: str, num_classes: int, joints: int, persons: int, coords:
         rows.append(("embedding", str(branch["embedding_dim"]), f"{branch['parameters']:,}"))
         click.echo(tabulate(rows, headers=["stage", "output (C×…)", "parameters"], colalign=("left", "left", "right")))
     click.echo(f"\nfusion head: {info['head']['parameters']:,} parameters; total {info['total_parameters']:,}")
+
+
+def _print_memory(preset: str, num_classes: int, skeleton_shape: tuple[int, int | None, int, int],
+                  batch_sizes: tuple[int, ...], as_json: bool) -> None:
+    from mmrobust.memory import estimate_memory
+
+    estimate = estimate_memory(preset, num_classes, batch_sizes, skeleton_shape=skeleton_shape)
+    if as_json:
+        click.echo(json.dumps(estimate, indent=2))
+        return
+    from tabulate import tabulate
+
+    def gib(n: int) -> str:
+        return f"{n / 2**30:.2f}"
+
+    steps = (("training_step", "train"), ("attack_step", "attack"), ("adversarial_training_step", "pgd-at"))
+    modes = list(dict.fromkeys(row["checkpointed"] for row in estimate["rows"]))
+    by_batch = {(row["batch_size"], row["checkpointed"]): row for row in estimate["rows"]}
+    headers = ["batch", *(label + (" +ckpt" if mode else "") for _, label in steps for mode in modes)]
+    table = [(b, *(gib(by_batch[b, mode][key]) for key, _ in steps for mode in modes))
+             for b in dict.fromkeys(row["batch_size"] for row in estimate["rows"])]
+    inputs = ", ".join(f"{m} {'×'.join(map(str, s))}" for m, s in estimate["input_shapes"].items())
+    click.echo(f"Estimated peak memory per process, GiB ({estimate['preset']} preset, {inputs}):")
+    click.echo(tabulate(table, headers=headers, disable_numparse=True, colalign=("right",) * len(headers)))
+    first = estimate["rows"][0]
+    click.echo(f"Of which model state {gib(first['model'])}, gradients {gib(first['gradients'])}, momentum "
+               f"{gib(first['optimizer_state'])} (train, pgd-at). +ckpt: {estimate['checkpointable_blocks']} "
+               "blocks checkpointed.\nNot included: the CUDA context, cuDNN workspaces, allocator fragmentation.")
 
 
 # -- inspect ------------------------------------------------------------------
@@ -531,6 +635,7 @@ def sweep(dataset: str, defenses: str | None, preset: str, seeds_option: str | N
       mmrobust sweep --dataset synthetic --seeds 0 1 2
       mmrobust sweep --dataset synthetic --protocols strong-v1
     """
+    _one_process("sweep")
     from mmrobust.leaderboard import render
     from mmrobust.sweep import sweep as run_sweep
 
@@ -590,6 +695,15 @@ def _split_values(values: tuple[str, ...]) -> list[str]:
     return [part for value in values for part in value.replace(",", " ").split()]
 
 
+def _one_process(command: str) -> None:
+    """Refuse to run ``command`` under torchrun: it starts many runs, each of which would race its twins."""
+    from mmrobust.distributed import launched
+
+    if launched():
+        raise click.ClickException(f"`mmrobust {command}` runs as one process; under torchrun use `mmrobust run` "
+                                   "and `mmrobust eval`, one run at a time")
+
+
 def _study_command(name: str) -> click.Command:
     """``mmrobust study NAME``: the common options, then one per field of the study's ``Params``."""
     from mmrobust.study import build_study, run_study
@@ -628,6 +742,7 @@ def _study_command(name: str) -> click.Command:
 
     def callback(dataset: str, preset: str, seeds: tuple[str, ...], split: str | None, root: str | None,
                  device: str, runs_dir: str, out: str, quiet: bool, **values: Any) -> None:
+        _one_process("study")
         chosen = {}
         for field in fields:
             value = values[field.name]

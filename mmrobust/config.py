@@ -59,6 +59,16 @@ class RunConfig:
             run of the same data, preset, modalities, seed and holdout beside
             the run directory, then train as usual (modules the defense adds
             keep their initialisation).
+        amp: train under bf16 autocast (faster on GPUs with bf16 units; a
+            different model, so part of the run's identity). Evaluation is
+            always fp32.
+        grad_checkpoint: recompute the activations of I3D's Inception blocks
+            in the backward pass instead of keeping them (activation
+            checkpointing): less memory, about one more forward pass of time,
+            the same numbers.
+        sync_bn: under several processes, BatchNorm statistics over the global
+            batch (``torch.nn.SyncBatchNorm``, CUDA only) instead of each
+            rank's share, as the paper's single-GPU recipe has them.
     """
 
     dataset: str = "synthetic"
@@ -84,6 +94,9 @@ class RunConfig:
     holdout: float = 0.0
     holdout_steps: int = 10
     recipe: str = "scratch"
+    amp: bool = False
+    grad_checkpoint: bool = False
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "eval_batch_size"):

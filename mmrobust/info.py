@@ -19,10 +19,7 @@ def describe_model(preset_name: str, num_classes: int,
     A branch's ``parameters`` is its whole backbone, classifier excluded.
     """
     preset = get_preset(preset_name)
-    c, t, v, m = skeleton_shape
-    shapes = {"rgb": (3, preset.rgb_frames, preset.rgb_size, preset.rgb_size),
-              "skeleton": (c, t or preset.skeleton_frames, v, m)}
-    shapes = {k: s for k, s in shapes.items() if k in preset.backbones}
+    shapes = preset.input_shapes(skeleton_shape)
     model = build_model(preset, shapes, num_classes).eval()
     batch = {k: torch.rand(1, *s) for k, s in shapes.items()}
     stage_out = stage_shapes(model, batch)

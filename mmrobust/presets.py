@@ -31,6 +31,17 @@ class Preset:
         return DataRequest(rgb_frames=self.rgb_frames, rgb_size=self.rgb_size,
                            skeleton_frames=self.skeleton_frames, preset=self.name, **kwargs)
 
+    def input_shapes(self, skeleton_shape: tuple[int, int | None, int, int] = (3, None, 25, 2)
+                     ) -> dict[str, tuple[int, ...]]:
+        """Per-sample input shape of each modality this preset has a backbone for.
+
+        ``skeleton_shape`` is (C, T, V, M); T None takes the preset's frame count.
+        """
+        c, t, v, m = skeleton_shape
+        shapes = {"rgb": (3, self.rgb_frames, self.rgb_size, self.rgb_size),
+                  "skeleton": (c, t or self.skeleton_frames, v, m)}
+        return {k: s for k, s in shapes.items() if k in self.backbones}
+
 
 # I3D on 8×64×64 clips: the published stem stride and max pool bring 64 px to
 # the 16×16 maps a 3×3×3 stem still resolves limbs on, and three Inception

@@ -60,6 +60,7 @@ from torch import nn
 
 from mmrobust.attack import RandomStarts, build_attack, take
 from mmrobust.datasets.base import Split
+from mmrobust.distributed import SOLO, Team
 from mmrobust.engine import Schedule, SignGradientAttack
 from mmrobust.model import logits_of
 
@@ -308,7 +309,7 @@ def evaluate(model: nn.Module, data: Split, protocol: Protocol = STANDARD_V1, *,
              views: Mapping[str, nn.Module] | None = None, transfer: nn.Module | None = None,
              store: Outcomes | None = None, codes: Mapping[str, str] | None = None,
              padding: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
-             progress: bool = False) -> Evaluation:
+             progress: bool = False, team: Team = SOLO) -> Evaluation:
     """Run ``protocol`` on every sample of ``data``.
 
     Args:
@@ -337,6 +338,12 @@ def evaluate(model: nn.Module, data: Split, protocol: Protocol = STANDARD_V1, *,
         padding: per modality, the rule that marks entries holding no input
             (``DatasetBundle.padding``); attacks see them pinned to their clean
             values.
+        team: the processes sharing the work (:mod:`mmrobust.distributed`).
+            Each batch of the clean pass and each chunk of an attack goes to
+            one rank, with the composition it has in a single process; the
+            outcomes are gathered by sample index, so they are those of a
+            single process bit for bit, and no sample is attacked twice. Only
+            rank 0 writes into ``store``; the others work on a copy.
 
     Raises:
         ValueError: ``views`` or ``transfer`` with a protocol that is not adaptive; non-finite clean
@@ -353,18 +360,20 @@ def evaluate(model: nn.Module, data: Split, protocol: Protocol = STANDARD_V1, *,
         views.setdefault("bpda", surrogate)
         surrogate = None
     padding = {m: rule for m, rule in (padding or {}).items() if m in modalities}
-    store = {} if store is None else store
+    store = {} if store is None else store if team.main else dict(store)
+    if team.size > len(data):
+        raise ValueError(f"{team.size} processes for {len(data)} test samples: start at most {len(data)}")
     started = time.perf_counter()
 
     with _frozen_eval(model, surrogate, transfer, *views.values()):
-        clean_logits, labels = _clean_logits(model, data, modalities, batch_size, device)
+        clean_logits, labels = _clean_logits(model, data, modalities, batch_size, device, team)
         if not torch.isfinite(clean_logits).all():
             bad = int((~torch.isfinite(clean_logits)).any(dim=1).sum())
             raise ValueError(f"the model returns non-finite logits for {bad} of {len(labels)} clean samples; "
                              "no accuracy can be measured on them")
         clean = (clean_logits.argmax(1) == labels).numpy()
         _start_store(store, labels.numpy(), clean)
-        surrogate_logits = (_clean_logits(surrogate, data, modalities, batch_size, device)[0]
+        surrogate_logits = (_clean_logits(surrogate, data, modalities, batch_size, device, team)[0]
                             if surrogate is not None else None)
         cost = {"gradient_passes": 0, "forward_passes": len(data) * (2 if surrogate is not None else 1)}
         audit = _sanity_checks(model, data, modalities, device, cost, protocol)
@@ -373,7 +382,7 @@ def evaluate(model: nn.Module, data: Split, protocol: Protocol = STANDARD_V1, *,
             setting.build().check_classes(clean_logits.shape[1])
         modules = {"model": model, "eot": _Expectation(model, protocol.eot_draws), "transfer": transfer, **views}
         tally = _Tally(clean, protocol.cascade, audit, cost)
-        with _progress(len(cells) * len(targets) * len(data), progress) as bar:
+        with _progress(len(cells) * len(targets) * len(data), progress and team.main) as bar:
             for cell in cells:
                 for code, members in targets.items():
                     key = f"{cell.key}/{code}"
@@ -382,7 +391,7 @@ def evaluate(model: nn.Module, data: Split, protocol: Protocol = STANDARD_V1, *,
                         candidates = tally.candidates(code)
                         outcome = _attack_cell(model, modules[cell.against], cell, surrogate, members, data,
                                                candidates, modalities, protocol, clean_logits, surrogate_logits,
-                                               batch_size, device, padding, bar)
+                                               batch_size, device, padding, bar, team)
                         _keep(store, key, outcome)
                         bar.update(len(data) - len(candidates))  # the attacked ones were counted as they went
                     else:
@@ -533,7 +542,7 @@ def _indicators(evaluation: Evaluation, cells: Sequence[Cell], diagnosis: Mappin
 
 
 def _attack_cell(model, attacked, cell, surrogate, targets, data, candidates, modalities, protocol, clean_logits,
-                 surrogate_logits, batch_size, device, padding, bar) -> _CellOutcome:
+                 surrogate_logits, batch_size, device, padding, bar, team) -> _CellOutcome:
     """Robust (True) / fooled (False) per sample for one attack on one target set, and the cell's checks.
 
     Only ``candidates`` are attacked; every other sample counts as fooled.
@@ -542,20 +551,21 @@ def _attack_cell(model, attacked, cell, surrogate, targets, data, candidates, mo
     the example the attack returned, misclassifies it (as RobustBench does). The
     checks (:data:`CHECKS`): every example inside the budget, untargeted inputs
     untouched, and the number of samples whose re-classified verdict differs
-    from the attack's own (for attacks that follow the model itself).
+    from the attack's own (for attacks that follow the model itself). Each
+    chunk of candidates is attacked by one rank of ``team``.
     """
     started = time.perf_counter()
     attack = cell.setting.build()
-    robust = np.zeros(len(data), dtype=bool)
-    within, untouched, disagreements = True, True, 0
-    spent = np.zeros(3)
-    diagnosis = np.zeros(len(DIAGNOSIS), dtype=np.int64)
     own_logits = cell.against == "model"
     # Samples stream through the attack's pool of batch_size; a chunk of several
     # batches keeps the pool full while early-stopped samples leave.
     chunk = batch_size * CHUNK_BATCHES
-    for start in range(0, len(candidates), chunk):
+    parts = {}
+    for start in team.mine(range(0, len(candidates), chunk)):
         index = candidates[start:start + chunk]
+        within, untouched, disagreements = True, True, 0
+        spent = np.zeros(2)
+        diagnosis = np.zeros(len(DIAGNOSIS), dtype=np.int64)
         batch = _to(data.batch(index, modalities), device)
         starts = RandomStarts(protocol.seed, torch.from_numpy(index))
         pin = _Pin(batch, targets, padding)
@@ -568,7 +578,7 @@ def _attack_cell(model, attacked, cell, surrogate, targets, data, candidates, mo
             disagreements += int((fooled != result.fooled).sum())
         ok = _audit_batch(data, index, modalities, batch, examples, targets, protocol.eps, batch_size, device)
         within, untouched = within and ok[0], untouched and ok[1]
-        spent[:2] += (result.gradient_passes, result.forward_passes + len(index))
+        spent += (result.gradient_passes, result.forward_passes + len(index))
         attacked_here = (logits.argmax(1) == batch["label"]) if own_logits else torch.ones_like(result.fooled)
         diagnosis[0] += int(attacked_here.sum())
         for position, flags in ((1, result.no_gradient), (2, result.flat_loss)):
@@ -582,11 +592,22 @@ def _attack_cell(model, attacked, cell, surrogate, targets, data, candidates, mo
                               device)
             within, untouched = within and ok[0], untouched and ok[1]
             fooled = fooled | (_predict(model, transferred, batch_size) != batch["label"])
-            spent[:2] += (transfer.gradient_passes, transfer.forward_passes + len(index))
-        robust[index] = ~fooled.cpu().numpy() & (clean_logits[index].argmax(1) == batch["label"].cpu()).numpy()
+            spent += (transfer.gradient_passes, transfer.forward_passes + len(index))
+        robust = ~fooled.cpu().numpy() & (clean_logits[index].argmax(1) == batch["label"].cpu()).numpy()
+        parts[start] = (robust, (within, untouched, disagreements), spent, diagnosis)
         bar.update(len(index))
-    spent[2] = time.perf_counter() - started
-    return _CellOutcome(robust, np.array([within, untouched, disagreements], dtype=np.int64), spent, diagnosis)
+    mine = sum(len(candidates[start:start + chunk]) for start in parts)
+    parts = team.gather(parts)
+    bar.update(len(candidates) - mine)
+    robust = np.zeros(len(data), dtype=bool)
+    for start, (outcome, *_) in parts.items():
+        robust[candidates[start:start + chunk]] = outcome
+    checks = [part[1] for part in parts.values()]
+    checks = np.array([all(c[0] for c in checks), all(c[1] for c in checks), sum(c[2] for c in checks)],
+                      dtype=np.int64)
+    spent = np.array([*sum((part[2] for part in parts.values()), np.zeros(2)), time.perf_counter() - started])
+    diagnosis = sum((part[3] for part in parts.values()), np.zeros(len(DIAGNOSIS), dtype=np.int64))
+    return _CellOutcome(robust, checks, spent, diagnosis)
 
 
 class _Pin:
@@ -674,12 +695,16 @@ def _to(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, to
 
 
 @torch.no_grad()
-def _clean_logits(model: nn.Module, data: Split, modalities, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    logits, labels = [], []
-    for batch in data.batches(batch_size, modalities=modalities):
-        logits.append(logits_of(model(_to(batch, device))).float().cpu())
-        labels.append(batch["label"])
-    return torch.cat(logits), torch.cat(labels)
+def _clean_logits(model: nn.Module, data: Split, modalities, batch_size: int, device,
+                  team: Team = SOLO) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of every sample, in order; each batch is run by one rank of ``team``."""
+    parts = {}
+    for start in team.mine(range(0, len(data), batch_size)):
+        batch = data.batch(np.arange(start, min(start + batch_size, len(data))), modalities)
+        parts[start] = (logits_of(model(_to(batch, device))).float().cpu(), batch["label"])
+    parts = team.gather(parts)
+    ordered = [parts[start] for start in sorted(parts)]
+    return torch.cat([logits for logits, _ in ordered]), torch.cat([labels for _, labels in ordered])
 
 
 class _frozen_eval:

@@ -28,6 +28,7 @@ from mmrobust.datasets.base import Dataset, DatasetBundle, Split
 from mmrobust import runtime
 from mmrobust.defense import (Defense, TrainContext, adaptive_views, build_defense, changed_params, defend,
                               reference_defense)
+from mmrobust.distributed import SOLO, Team
 from mmrobust.files import LOCK_FILE, exclusive, write_json
 from mmrobust.metrics import fill_ri, robust_metrics
 from mmrobust.model import MultimodalNet, unimodal_modalities
@@ -36,6 +37,7 @@ from mmrobust.protocol import STANDARD_V1, AttackSetting, Protocol, evaluate, ge
 from mmrobust.registry import DATASETS
 from mmrobust.results import (OlderRecordError, OutcomeStore, Record, RecordError, device_name, find_reference,
                               outcome_key, provenance, records_beside, save_torch)
+from mmrobust.memory import checkpoint_blocks
 from mmrobust.training import (CHECKPOINT_FORMAT, check_resume_state, convergence, load_checkpoint,
                                load_model_state, resolve_device, train)
 
@@ -55,6 +57,8 @@ class Experiment:
     model: MultimodalNet
     defense: Defense
     device: torch.device
+    team: Team = SOLO
+    numerics: dict[str, Any] | None = None  # the pinned CUDA settings (runtime.pin_cuda); None on the CPU
 
 
 def default_run_dir(config: RunConfig) -> Path:
@@ -82,18 +86,33 @@ def load_data(config: RunConfig, progress: bool = True) -> DatasetBundle:
     return factory().load(request)
 
 
-def prepare(config: RunConfig, progress: bool = True) -> Experiment:
-    """Resolve names into objects: data, model, defense, device; fill defaults into the config."""
-    device = resolve_device(config.device)
+def prepare(config: RunConfig, progress: bool = True, team: Team = SOLO) -> Experiment:
+    """Resolve names into objects: data, model, defense, device; fill defaults into the config.
+
+    Under several processes rank 0 loads the data first (it may build the
+    cache), the others after it; every rank must then hold the same data and
+    configuration (:class:`mmrobust.distributed.TeamError` otherwise).
+    """
+    device = team.device(resolve_device(config.device))
+    numerics = runtime.pin_cuda() if device.type == "cuda" else None
     defense = build_defense(config.defense, config.defense_params)  # before data: fail fast on bad names
-    data = load_data(config, progress)
+    if team.main:
+        data = load_data(config, progress)
+        team.barrier()
+    else:
+        team.barrier()
+        data = load_data(config, progress=False)
+    team.agree("data fingerprint", data.fingerprint)
+    team.agree("configuration", config.to_dict())
     modalities = unimodal_modalities(config.modalities, data.modalities) if config.modalities else data.modalities
     defense.check_modalities(modalities)
     config = config.replace(epochs=config.epochs or data.default_epochs, modalities=modalities,
                             split=config.split or data.split)
     torch.manual_seed(config.seed)
     model = defend(defense, model_for(get_preset(config.preset), data, modalities))
-    return Experiment(config, data, model, defense, device)
+    if config.grad_checkpoint:
+        checkpoint_blocks(model)
+    return Experiment(config, data, model, defense, device, team, numerics)
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
@@ -112,11 +131,14 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
 
 
 @contextlib.contextmanager
-def holding(run_dir: Path, *, fresh: bool) -> Iterator[None]:
+def holding(run_dir: Path, *, fresh: bool, team: Team = SOLO) -> Iterator[None]:
     """Hold ``run_dir`` for one run or evaluation (:func:`mmrobust.files.exclusive`; a second process gets a
     one-line error naming this one). A ``fresh`` run refuses a folder that holds a run, checked under the
     lock. A folder created here that is left with nothing but the lock (the work failed before writing
-    anything) is removed again."""
+    anything) is removed again. Under several processes rank 0 holds it for the team."""
+    if not team.main:
+        yield
+        return
     created = not run_dir.exists()
     try:
         with exclusive(run_dir, "run directory"):
@@ -159,35 +181,39 @@ def record_name(protocol: str) -> str:
 
 
 def execute(config: RunConfig, run_dir: Path, *, resume: dict[str, Any] | None = None, progress: bool = True,
-            after_epoch=None) -> Record:
-    """Train (or continue training), evaluate, and write the result record."""
+            after_epoch=None, team: Team = SOLO) -> Record:
+    """Train (or continue training), evaluate, and write the result record (rank 0 of ``team`` writes; the
+    other ranks return the record unsaved)."""
     started = time.perf_counter()
     protocol = validate(config)  # before any data is loaded
     check_record_free(run_dir / record_name(protocol.name))
-    exp = prepare(config, progress)
+    exp = prepare(config, progress, team)
     config = exp.config
     for setting in protocol.attacks:  # before training
         setting.build().check_classes(exp.data.num_classes)
     if resume is not None:
         check_resume_state(resume, run_dir / "checkpoint.pt", config.epochs)
-    with holding(run_dir, fresh=resume is None):
-        write_json(run_dir / "config.json", config.to_dict())
+    with holding(run_dir, fresh=resume is None, team=team):
+        if team.main:
+            write_json(run_dir / "config.json", config.to_dict())
         if resume is not None:
             load_model_state(exp.model, resume, run_dir / "checkpoint.pt")
         initialised = None
         if config.recipe == "warm-start":  # the initial weights' origin, kept for a resumed run too
             if resume is None:
                 initialised = warm_start(exp, run_dir)
-                write_json(run_dir / INIT_FILE, initialised)
+                if team.main:
+                    write_json(run_dir / INIT_FILE, initialised)
             elif (run_dir / INIT_FILE).is_file():
                 initialised = json.loads((run_dir / INIT_FILE).read_text())
         train_split, heldout = hold_out(exp.data, config.holdout)
         validate_fn = heldout_validation(heldout, config, protocol, exp) if heldout is not None else None
         result = train(exp.model, exp.defense, train_split, config, config.epochs, run_dir, device=exp.device,
-                       resume=resume, progress=progress, after_epoch=after_epoch, validate=validate_fn)
+                       resume=resume, progress=progress, after_epoch=after_epoch, validate=validate_fn, team=team)
         exp.defense.after_training(exp.model, train_split,
                                    TrainContext(device=exp.device, modalities=config.modalities))
-        save_final_model(exp.model, config, run_dir)
+        if team.main:
+            save_final_model(exp.model, config, run_dir)
         training = {"epochs": config.epochs, "final_loss": result.history[-1]["loss"] if result.history else None,
                     "seconds": result.seconds}
         if heldout is not None:
@@ -243,7 +269,7 @@ def heldout_validation(heldout: Split, config: RunConfig, protocol: Protocol,
 
     def validate(model: torch.nn.Module) -> dict[str, float]:
         evaluation = evaluate(model, heldout, pgd, modalities=config.modalities, batch_size=config.eval_batch_size,
-                              device=exp.device, codes=exp.data.codes, padding=exp.data.padding)
+                              device=exp.device, codes=exp.data.codes, padding=exp.data.padding, team=exp.team)
         robust = {code: 100.0 * float(correct.mean()) for code, correct in evaluation.robust["pgd"].items()}
         return {"heldout_clean": 100.0 * float(evaluation.clean.mean()),
                 **{f"heldout_{code}": value for code, value in robust.items()},
@@ -274,7 +300,7 @@ def evaluate_experiment(exp: Experiment, run_dir: Path, protocol: Protocol, *, t
         also_attacked, transfer_run = {"surrogate": exp.defense.surrogate(exp.model)}, None
     evaluation = evaluate(exp.model, exp.data.test, protocol, modalities=config.modalities,
                           batch_size=config.eval_batch_size, device=exp.device, store=store, codes=exp.data.codes,
-                          padding=exp.data.padding, progress=progress, **also_attacked)
+                          padding=exp.data.padding, progress=progress, team=exp.team, **also_attacked)
     metrics = robust_metrics(evaluation.clean, evaluation.robust)
     flags = {"surrogate_used": evaluation.surrogate_used,
              "sanity": {**evaluation.audit,
@@ -296,8 +322,13 @@ def evaluate_experiment(exp: Experiment, run_dir: Path, protocol: Protocol, *, t
               "test_size": len(exp.data.test), "num_classes": exp.data.num_classes,
               "skeleton_scale": exp.data.skeleton_scale, "skeleton_unit": exp.data.skeleton_unit},
         training=training,
-        provenance={**provenance(exp.device, config.seed), "wall_seconds": time.perf_counter() - started},
+        provenance={**provenance(exp.device, config.seed), "wall_seconds": time.perf_counter() - started,
+                    "distributed": exp.team.describe(),
+                    **({"cuda": runtime.describe_cuda(exp.device), "numerics": exp.numerics}
+                       if exp.device.type == "cuda" else {})},
     )
+    if not exp.team.main:
+        return record
     record = attach_reference(record, run_dir)
     return record.save(run_dir / record_name(protocol.name))
 
@@ -381,7 +412,16 @@ def attach_reference(record: Record, run_dir: Path) -> Record:
     return record.replace(metrics=metrics)
 
 
-def load_trained(run_dir: Path, **changes: Any) -> Experiment:
+def run_device(run_dir: Path) -> str:
+    """The device a run was configured for (``auto`` when its config cannot be read: loading it later says
+    why)."""
+    try:
+        return str(json.loads((run_dir / "config.json").read_text()).get("device", "auto"))
+    except (OSError, ValueError, AttributeError):
+        return "auto"
+
+
+def load_trained(run_dir: Path, team: Team = SOLO, **changes: Any) -> Experiment:
     """Rebuild a finished run's model (defense included) and load its final weights."""
     config_path = run_dir / "config.json"
     if not config_path.is_file():
@@ -392,7 +432,7 @@ def load_trained(run_dir: Path, **changes: Any) -> Experiment:
     if not model_path.is_file():
         raise FileNotFoundError(f"{run_dir} has no trained model ({model_path.name}); finish the run first "
                                 f"with mmrobust run --run-dir {run_dir} --resume")
-    exp = prepare(config, progress=False)
+    exp = prepare(config, progress=False, team=team)
     load_model_state(exp.model, load_checkpoint(model_path), model_path)
     exp.model.to(exp.device)
     return exp
@@ -400,13 +440,13 @@ def load_trained(run_dir: Path, **changes: Any) -> Experiment:
 
 def reevaluate(run_dir: Path, *, protocol: str | None = None, eps: float | None = None,
                attacks: tuple[str, ...] | None = None, device: str | None = None, batch_size: int | None = None,
-               progress: bool = True) -> Record:
+               progress: bool = True, team: Team = SOLO) -> Record:
     """Evaluate a trained run again without retraining (``mmrobust eval``), under its own protocol or
-    ``protocol``."""
+    ``protocol``; under several processes (``team``) each rank attacks its share and rank 0 writes."""
     started = time.perf_counter()
     if protocol is not None:
         get_protocol(protocol)  # an unknown name fails before the model is loaded
-    exp = load_trained(run_dir, eps=eps, attacks=attacks, device=device, eval_batch_size=batch_size)
+    exp = load_trained(run_dir, team, eps=eps, attacks=attacks, device=device, eval_batch_size=batch_size)
     if protocol is not None:  # another protocol: the run's own ε and attack list do not carry over
         exp.config = exp.config.replace(protocol=protocol, eps=eps, attacks=attacks or ())
     protocol = get_protocol(exp.config.protocol, eps=exp.config.eps, attacks=exp.config.attacks)
@@ -414,7 +454,7 @@ def reevaluate(run_dir: Path, *, protocol: str | None = None, eps: float | None 
         setting.build().check_classes(exp.data.num_classes)
     check_record_free(run_dir / record_name(protocol.name))
     training = _training_summary(run_dir)
-    with holding(run_dir, fresh=False):
+    with holding(run_dir, fresh=False, team=team):
         return evaluate_experiment(exp, run_dir, protocol, training=training, started=started, progress=progress)
 
 
@@ -426,18 +466,23 @@ def _training_summary(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+#: Settings a resumed run may change: where it runs and how it spends memory, never what it computes.
+RESUME_MAY_CHANGE = ("device", "grad_checkpoint")
+
+
 def resume_config(state: dict[str, Any], explicit: dict[str, Any], device: str) -> RunConfig:
-    """The configuration a ``--resume`` continues: the checkpoint's, run on ``device``.
+    """The configuration a ``--resume`` continues: the checkpoint's, run on ``device`` (and with
+    ``grad_checkpoint`` when given).
 
     Raises:
         RunDirError: an explicitly given setting (other than the device) differs from the checkpoint's.
     """
     saved = RunConfig.from_dict(state["config"], source="checkpoint config")
-    conflicts = [k for k, v in explicit.items() if k != "device" and getattr(saved, k) != v]
+    conflicts = [k for k, v in explicit.items() if k not in RESUME_MAY_CHANGE and getattr(saved, k) != v]
     if conflicts:
         raise RunDirError(f"--resume: {conflicts[0]}={explicit[conflicts[0]]!r} differs from the checkpoint's "
                           f"{getattr(saved, conflicts[0])!r}; drop the flag to continue the same run")
-    return saved.replace(device=device)
+    return saved.replace(device=device, **{k: explicit[k] for k in RESUME_MAY_CHANGE[1:] if k in explicit})
 
 
 def resume_state(run_dir: Path, checkpoint: str | None) -> dict[str, Any]:
@@ -491,6 +536,9 @@ def reproduce(record_path: Path, run_dir: Path, *, tolerance: float = 1.0, progr
         torch.set_num_threads(recorded["threads"])
     try:
         differences = runtime.differences(recorded, runtime.describe())
+        world = (record.provenance.get("distributed") or {}).get("world_size", 1)
+        if world != 1:  # DDP's per-rank BatchNorm and summed gradients give other bits than one process
+            differences.append(f"world size: {world} -> 1")
         device = device_name(resolve_device(config.device))
         if record.provenance.get("device") != device:
             differences.append(f"device: {record.provenance.get('device')!r} -> {device!r}")

@@ -24,6 +24,17 @@ them already (their values win and are recorded):
   (``benchmarks/contention.py``). libgomp reads this once, when torch is
   imported, so it only takes effect when mmrobust is imported first (the
   ``mmrobust`` command always is).
+* ``CUBLAS_WORKSPACE_CONFIG=:4096:8``: the cuBLAS workspace that lets
+  deterministic algorithms run (read when CUDA starts; no effect on the CPU).
+
+On a CUDA device :func:`pin_cuda` turns off what makes GPU numbers depend on
+the GPU generation or on chance: TF32 matrix products and convolutions (on by
+default for cuDNN, which rounds inputs to 10 mantissa bits on Ampere and
+later), cuDNN's benchmark mode (which picks kernels by timing), and
+non-deterministic algorithms (``torch.use_deterministic_algorithms``, warning
+only where an operation has no deterministic implementation, as max-pooling's
+backward on CUDA). Records store these settings, the GPU, its driver, and the
+CUDA and cuDNN versions (:func:`describe_cuda`).
 
 :func:`describe` says what is in force; every result record stores it, and
 ``mmrobust reproduce`` names any difference.
@@ -38,6 +49,7 @@ from typing import Any
 
 X86_DEFAULTS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
 WAIT_DEFAULTS = {"GOMP_SPINCOUNT": "2000"}
+CUDA_DEFAULTS = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
 WAIT_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 SETTINGS = (*X86_DEFAULTS, *WAIT_SETTINGS)
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile")
@@ -46,6 +58,7 @@ ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile")
 def pin() -> None:
     """Fill in the defaults above for every setting the user left unset."""
     defaults = {} if any(key in os.environ for key in WAIT_SETTINGS) else dict(WAIT_DEFAULTS)
+    defaults.update(CUDA_DEFAULTS)
     if platform.machine().lower() in ("x86_64", "amd64") and "avx2" in cpu_flags():
         defaults.update(X86_DEFAULTS)  # never on a CPU without AVX2 (or whose flags cannot be read)
     for key, value in defaults.items():
@@ -112,3 +125,38 @@ def differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """The decisive entries in which two :func:`describe` results differ, as ``key: a -> b``."""
     return [f"{key}: {_decisive(recorded, key)!r} -> {_decisive(current, key)!r}" for key in DECISIVE
             if _decisive(recorded, key) != _decisive(current, key)]
+
+
+def pin_cuda() -> dict[str, Any]:
+    """Pin the CUDA numerics (module docstring) for this process and return what is in force."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    return {"tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+            "cudnn_benchmark": torch.backends.cudnn.benchmark, "cudnn_deterministic": torch.backends.cudnn.deterministic,
+            "deterministic_algorithms": "warn_only" if torch.is_deterministic_algorithms_warn_only_enabled()
+            else torch.are_deterministic_algorithms_enabled(),
+            "cublas_workspace": os.environ.get("CUBLAS_WORKSPACE_CONFIG"), "attack_dtype": "float32"}
+
+
+def describe_cuda(device: Any) -> dict[str, Any]:
+    """The GPU of ``device``, its driver (from ``nvidia-smi`` when it is installed, else None), and the
+    CUDA and cuDNN versions torch runs with."""
+    import subprocess
+
+    import torch
+
+    index = torch.device(device).index or 0
+    try:
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader", f"-i={index}"],
+                                capture_output=True, text=True, timeout=30, check=True).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        driver = None
+    properties = torch.cuda.get_device_properties(index)
+    return {"gpu": properties.name, "capability": f"{properties.major}.{properties.minor}",
+            "memory_gib": round(properties.total_memory / 2**30, 1), "driver": driver, "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version()}

@@ -148,7 +148,7 @@ def _refuse_another(directory: Path, what: str, stored: dict, wanted: RunConfig,
 
 
 #: Settings that say where or how fast a run is made, or how it is evaluated, not which model it trains.
-_NOT_THE_MODEL = ("device", "root", "data_dir", "eval_batch_size", "protocol", "eps", "attacks")
+_NOT_THE_MODEL = ("device", "root", "data_dir", "eval_batch_size", "protocol", "eps", "attacks", "grad_checkpoint")
 
 
 def _differences(stored: RunConfig, wanted: RunConfig) -> str:

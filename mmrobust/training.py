@@ -5,6 +5,15 @@ Readable top to bottom: for each epoch, shuffle with a generator seeded by
 epoch's log line and checkpoint atomically. A checkpoint holds model, optimiser,
 scheduler and RNG state, so a resumed run reaches exactly the weights of an
 uninterrupted one.
+
+Under torchrun (a :class:`~mmrobust.distributed.Team` of several ranks) each
+global batch of ``batch_size`` clips, drawn from the same (seed, epoch)
+shuffle, is split over the ranks; the model is wrapped in
+``DistributedDataParallel``, which averages the gradients, each rank's loss
+weighted by its share of the batch, so a step is that of the global batch.
+Each rank runs its own training adversary and BatchNorm over its own share
+(``--sync-bn``: over the global batch); the buffers are rank 0's at every
+forward and at the end of every epoch. Rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -13,17 +22,20 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from mmrobust.config import RunConfig
 from mmrobust.datasets.base import Split
 from mmrobust.defense import Defense, TrainContext
+from mmrobust.distributed import SOLO, Team
 from mmrobust.files import write_text
 from mmrobust.results import save_torch
 
@@ -131,7 +143,7 @@ def _read_log(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
 def train(model: nn.Module, defense: Defense, data: Split, config: RunConfig, epochs: int, run_dir: Path,
           *, device: torch.device, resume: dict[str, Any] | None = None, progress: bool = True,
           after_epoch: Callable[[int], None] | None = None,
-          validate: Callable[[nn.Module], dict[str, float]] | None = None) -> TrainResult:
+          validate: Callable[[nn.Module], dict[str, float]] | None = None, team: Team = SOLO) -> TrainResult:
     """Train ``model`` in place for ``epochs`` epochs, checkpointing into ``run_dir``.
 
     Args:
@@ -141,10 +153,13 @@ def train(model: nn.Module, defense: Defense, data: Split, config: RunConfig, ep
         validate: scores the model after every epoch (held-out accuracies);
             its numbers join the epoch's log line. It runs under its own RNG
             state, so the weights are those of a run without it.
+        team: the ranks sharing each batch (module docstring); rank 0 writes.
     """
     from tqdm.auto import tqdm
 
     model.to(device)
+    trained = replicate(model, device, team, sync_bn=config.sync_bn)  # what the loss runs through
+    progress = progress and team.main
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
@@ -163,28 +178,32 @@ def train(model: nn.Module, defense: Defense, data: Split, config: RunConfig, ep
         epoch_start = time.perf_counter()
         shuffle = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         ctx = TrainContext(device=device, epoch=epoch, generator=torch.Generator(device=device).manual_seed(
-            config.seed * 100_019 + epoch), modalities=tuple(getattr(model, "modalities", ())), epochs=epochs)
+            config.seed * 100_019 + epoch + RANK_STREAM * team.rank),
+            modalities=tuple(getattr(model, "modalities", ())), epochs=epochs)
         defense.before_epoch(model, data, ctx)
         model.train()
         total_loss, correct, seen = 0.0, 0, 0
-        batches = data.batches(config.batch_size, shuffle=True, generator=shuffle,
-                               modalities=ctx.modalities or None)
-        bar = tqdm(batches, total=math.ceil(len(data) / config.batch_size), disable=None if progress else True,
-                   desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False, dynamic_ncols=True)
-        for batch in bar:
+        batches = shard_batches(data, config.batch_size, shuffle, ctx.modalities or None, team)
+        bar = tqdm(batches, total=len(data) // config.batch_size + (len(data) % config.batch_size >= team.size),
+                   disable=None if progress else True, desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
+                   leave=False, dynamic_ncols=True)
+        for batch, share in bar:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            loss = defense.loss(model, batch, ctx)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
+                loss = defense.loss(trained, batch, ctx)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch + 1}; "
                                          "lower --lr or check the data")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * share if share != 1 else loss).backward()
             optimizer.step()
             n = len(batch["label"])
             total_loss += loss.item() * n
             seen += n
             bar.set_postfix(loss=f"{total_loss / seen:.3f}")
         scheduler.step()
+        total_loss, seen = team.total([total_loss, seen])
+        share_buffers(model, team)
         correct = _accuracy_counts(model, monitor, config.batch_size * 4, device, ctx.modalities)
         row = {"epoch": epoch, "loss": total_loss / seen, "train_accuracy": 100.0 * correct / len(monitor),
                "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - epoch_start}
@@ -193,12 +212,13 @@ def train(model: nn.Module, defense: Defense, data: Split, config: RunConfig, ep
                 row.update(validate(model))
             row["validation_seconds"] = time.perf_counter() - epoch_start - row["seconds"]
         history.append(row)
-        save_torch(run_dir / "checkpoint.pt", {
-            "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "epochs": epochs, "config": config.to_dict(),
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
-        })
-        write_text(log_path, "".join(json.dumps(r) + "\n" for r in history))
+        if team.main:
+            save_torch(run_dir / "checkpoint.pt", {
+                "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "epochs": epochs, "config": config.to_dict(),
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+            })
+            write_text(log_path, "".join(json.dumps(r) + "\n" for r in history))
         log.info("epoch %d/%d loss %.4f train acc %.2f%%", epoch + 1, epochs, row["loss"], row["train_accuracy"])
         if progress:
             heldout = "".join(f", {key.removeprefix('heldout_')} {value:.1f}%" for key, value in row.items()
@@ -209,6 +229,61 @@ def train(model: nn.Module, defense: Defense, data: Split, config: RunConfig, ep
         if after_epoch is not None:
             after_epoch(epoch)
     return TrainResult(epochs_run=epochs - start_epoch, seconds=time.perf_counter() - started, history=history)
+
+
+#: Offset between the ranks' streams of training-adversary random starts (rank 0's is the single process's).
+RANK_STREAM = 1_000_003
+
+
+def shard_batches(data: Split, batch_size: int, generator: torch.Generator, modalities: tuple[str, ...] | None,
+                  team: Team = SOLO) -> Iterator[tuple[dict[str, torch.Tensor], float]]:
+    """This rank's part of every global batch of one epoch, and the weight of its loss.
+
+    The global batches are those of a single process (a shuffle by
+    ``generator``, ``batch_size`` clips each); rank r takes the r-th of
+    ``team.size`` near-equal parts. The weight, (part size × ranks) / global
+    batch size, makes DDP's mean over ranks the mean over the global batch
+    (1 when the parts are equal). A last global batch smaller than the number
+    of ranks is left out, since a rank without samples cannot join the step.
+    """
+    order = torch.randperm(len(data), generator=generator).numpy()
+    for start in range(0, len(order), batch_size):
+        index = order[start:start + batch_size]
+        if len(index) < team.size:
+            break
+        part = np.array_split(index, team.size)[team.rank]
+        yield data.batch(part, modalities), len(part) * team.size / len(index)
+
+
+class _Replicated(DistributedDataParallel):
+    """DDP that answers the wrapped model's attributes too, so a defense's loss sees the model it built."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.module, name)
+
+
+def replicate(model: nn.Module, device: torch.device, team: Team = SOLO, *, sync_bn: bool = False) -> nn.Module:
+    """``model`` itself for a team of one, else ``model`` wrapped in DDP (BatchNorm converted to
+    SyncBatchNorm in place when ``sync_bn``; CUDA only)."""
+    if team.size == 1:
+        return model
+    if sync_bn:
+        if device.type != "cuda":
+            raise ValueError("--sync-bn needs CUDA devices (SyncBatchNorm has no CPU implementation); drop it "
+                             "to keep BatchNorm per rank")
+        for name, child in list(model.named_children()):  # in place: the optimiser and defenses hold `model`
+            setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+    return _Replicated(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def share_buffers(model: nn.Module, team: Team) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics): the checkpoint's, the monitor's."""
+    if team.size > 1:
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, src=0)
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from mmrobust.backbones.base import Backbone, count_parameters
+from mmrobust.memory import checkpoint_blocks
 from mmrobust.presets import PRESETS
 from mmrobust.registry import BACKBONES
 
@@ -67,6 +68,22 @@ def test_gradients_reach_the_input(name):
     x = example_input(name).requires_grad_()
     backbone(x).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_checkpointed_blocks_leave_a_training_step_bit_identical(name):
+    plain, checkpointed = build(name, seed=2).train(), build(name, seed=2).train()
+    checkpoint_blocks(checkpointed)
+    gradients = []
+    for backbone in (plain, checkpointed):
+        x = example_input(name).requires_grad_()
+        torch.manual_seed(4)
+        backbone(x).square().sum().backward()
+        torch.optim.SGD(backbone.parameters(), lr=0.1).step()
+        gradients.append(x.grad)
+    assert torch.equal(*gradients)
+    for (key, a), b in zip(plain.state_dict().items(), checkpointed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), key  # weights, and BatchNorm statistics updated once per forward
 
 
 @pytest.mark.parametrize("name", sorted(PARAMETERS))

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmrobust.backbones.base import Backbone
+from mmrobust.memory import run_checkpointed
 from mmrobust.registry import register_backbone
 
 Triple = tuple[int, int, int]
@@ -68,7 +69,12 @@ class MaxPool3dSame(nn.Module):
 
 
 class InceptionModule(nn.Module):
-    """Four branches: 1×1×1; 1×1×1→3×3×3; 1×1×1→3×3×3; 3×3×3 max pool→1×1×1."""
+    """Four branches: 1×1×1; 1×1×1→3×3×3; 1×1×1→3×3×3; 3×3×3 max pool→1×1×1.
+
+    Attributes:
+        checkpointed: keep only the block's input for the backward and
+            recompute the branches there (:func:`mmrobust.memory.checkpoint_blocks`).
+    """
 
     def __init__(self, in_channels: int, widths: tuple[int, int, int, int, int, int], bn_momentum: float = 0.01):
         super().__init__()
@@ -82,8 +88,14 @@ class InceptionModule(nn.Module):
         self.b3a = MaxPool3dSame((3, 3, 3), (1, 1, 1))
         self.b3b = unit(in_channels, b3)
         self.out_channels = b0 + b1b + b2b + b3
+        self.checkpointed = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.checkpointed and torch.is_grad_enabled():
+            return run_checkpointed(self, self._branches, x)
+        return self._branches(x)
+
+    def _branches(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat(
             [self.b0(x), self.b1b(self.b1a(x)), self.b2b(self.b2a(x)), self.b3b(self.b3a(x))], dim=1
         )

@@ -1,0 +1,267 @@
+"""Several processes on the CPU (torch.distributed, gloo): sharded evaluation gives the single process's
+outcomes bit for bit with every sample attacked once; DDP training keeps the ranks in step and takes the
+step of the global batch; a 2-process `torchrun` run survives the death of a rank.
+
+The in-process tests fork their ranks (the model and data are inherited, nothing is re-imported); the
+last one launches the real `torchrun`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from mmrobust.datasets.base import Split
+from mmrobust.defense import build_defense, defend
+from mmrobust.distributed import SOLO, Team
+from mmrobust.model import logits_of
+from mmrobust.presets import build_model, get_preset
+from mmrobust.protocol import AttackSetting, Protocol, evaluate
+from mmrobust.registry import DEFENSES
+from mmrobust.training import replicate, shard_batches
+
+SHAPES = {"rgb": (3, 8, 32, 32), "skeleton": (3, 32, 25, 2)}
+CLASSES = 5
+
+
+def _model(seed: int = 0, defense: str = "none") -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return defend(build_defense(defense), build_model(get_preset("tiny"), SHAPES, CLASSES))
+
+
+def _split(n: int, seed: int = 0, model: torch.nn.Module | None = None) -> Split:
+    """Random clips; the second person is absent from every other clip (its slot is padding). With
+    ``model``, most labels are the model's own clean predictions, so most clips are attacked."""
+    rng = np.random.default_rng(seed)
+    skeleton = rng.random((n, *SHAPES["skeleton"]), dtype=np.float32)
+    skeleton[::2, ..., 1] = 0.0
+    arrays = {"rgb": rng.integers(0, 256, (n, *SHAPES["rgb"]), dtype=np.uint8), "skeleton": skeleton,
+              "label": rng.integers(0, CLASSES, n)}
+    if model is not None:
+        split = Split(arrays)
+        with torch.no_grad():
+            predicted = logits_of(model.eval()(split.batch(np.arange(n)))).argmax(1).numpy()
+        arrays["label"] = np.where(np.arange(n) % 7 == 0, arrays["label"], predicted)
+    return Split(arrays)
+
+
+def _ranks(size: int, job, tmp_path: Path, *args) -> list:
+    """Run ``job(team, *args)`` in ``size`` forked processes joined by gloo; their return values by rank."""
+    mp.start_processes(_rank, args=(size, str(tmp_path / "rendezvous"), job, str(tmp_path), args), nprocs=size,
+                       start_method="fork")
+    return [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in range(size)]
+
+
+def _rank(rank: int, size: int, rendezvous: str, job, out: str, args) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=size)
+    try:
+        result = job(Team(rank=rank, size=size, local_rank=rank, backend="gloo"), *args)
+        torch.save(result, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+# -- sharded evaluation ---------------------------------------------------------------------------
+
+PLAIN = Protocol("plain-test", eps=8 / 255, attacks=(
+    AttackSetting("fgsm", "fgsm"),
+    AttackSetting("pgd3", "pgd", (("steps", 3), ("rel_step", 0.25), ("random_start", True)))))
+CASCADE = Protocol("cascade-test", eps=4 / 255, cascade=True, attacks=PLAIN.attacks)
+
+
+def _evaluate(team: Team, model, data, protocol, store=None):
+    from mmrobust.datasets.base import SKELETON
+
+    evaluation = evaluate(model, data, protocol, batch_size=2, store=store, team=team,
+                          padding={"skeleton": SKELETON.padding})
+    return {"clean": evaluation.clean, "robust": evaluation.robust, "audit": evaluation.audit,
+            "passes": (evaluation.cost["gradient_passes"], evaluation.cost["forward_passes"]),
+            "cells": {k: (v["gradient_passes"], v["forward_passes"]) for k, v in evaluation.cells.items()},
+            "disagreements": evaluation.disagreements, "store": None if store is None else sorted(store)}
+
+
+@pytest.fixture(scope="module")
+def evaluated():
+    """A model, 41 test clips (not a multiple of 2 or 3; 3 chunks of 16 at batch size 2), and the
+    single-process evaluations under both protocols."""
+    model = _model()
+    data = _split(41, model=model)
+    single = {p.name: _evaluate(SOLO, model, data, p) for p in (PLAIN, CASCADE)}
+    return model, data, single
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_sharded_evaluation_gives_the_single_process_outcomes_bit_for_bit(evaluated, size, tmp_path):
+    model, data, single = evaluated
+
+    def job(team):
+        return {p.name: _evaluate(team, model, data, p, store={} if team.main else None) for p in (PLAIN, CASCADE)}
+
+    results = _ranks(size, job, tmp_path)
+    assert single["plain-test"]["clean"].sum() >= 30  # most clips are attacked
+    for name, alone in single.items():
+        for rank, result in enumerate(results):
+            shared = result[name]
+            assert np.array_equal(shared["clean"], alone["clean"])
+            assert shared["robust"].keys() == alone["robust"].keys()
+            for cell, targets in alone["robust"].items():
+                for code, outcome in targets.items():
+                    assert np.array_equal(shared["robust"][cell][code], outcome), (name, rank, cell, code)
+            # Every sample attacked exactly once: the passes spent are the single process's, cell by cell.
+            assert shared["cells"] == alone["cells"], (name, rank)
+            assert shared["passes"] == alone["passes"]
+            assert shared["audit"] == alone["audit"]
+            assert shared["disagreements"] == alone["disagreements"] == 0
+    # Rank 0 filled the store with every cell; the others wrote nothing to theirs.
+    assert results[0]["plain-test"]["store"] and all(r["plain-test"]["store"] is None for r in results[1:])
+    assert any(not outcome.all() for targets in single["cascade-test"]["robust"].values()
+               for outcome in targets.values()), "the attacks must break some samples for the test to mean much"
+
+
+def test_more_processes_than_test_samples_is_refused():
+    data = _split(3)
+    with pytest.raises(ValueError, match="4 processes for 3 test samples"):
+        evaluate(_model(), data, PLAIN, team=Team(rank=0, size=4))
+
+
+# -- training ---------------------------------------------------------------------------------------
+
+def test_each_global_batch_is_split_over_the_ranks_without_overlap():
+    data = _split(23)
+    for size in (1, 2, 3):
+        parts = [list(shard_batches(data, 8, torch.Generator().manual_seed(5), ("skeleton",), Team(r, size)))
+                 for r in range(size)]
+        order = torch.randperm(23, generator=torch.Generator().manual_seed(5)).numpy()
+        for step in range(3):  # 8 + 8 + 7 clips; the last batch has at least one clip per rank
+            batch = order[step * 8:(step + 1) * 8]
+            labels = np.concatenate([parts[r][step][0]["label"].numpy() for r in range(size)])
+            assert np.array_equal(labels, data.labels[batch])
+            for part, weight in (parts[r][step] for r in range(size)):
+                # DDP averages weight × (mean loss of the part) over the ranks: each clip counts 1/8.
+                assert weight / len(part["label"]) / size == pytest.approx(1 / len(batch))
+        assert all(len(p) == 3 for p in parts)
+    # 23 clips in batches of 11 over 3 ranks: the last global batch (1 clip) cannot be split and is left out.
+    assert len(list(shard_batches(data, 11, torch.Generator().manual_seed(5), None, Team(0, 3)))) == 2
+
+
+def _train_defenses(team: Team, names: list[str], runs: Path):
+    from mmrobust.config import RunConfig
+    from mmrobust.training import train
+
+    out = {}
+    for name in names:
+        model = _model(defense=name)
+        config = RunConfig(defense=name, batch_size=6, epochs=1, seed=3)
+        result = train(model, build_defense(name), _split(12, seed=1), config, 1, runs / name,
+                       device=torch.device("cpu"), progress=False, team=team)
+        out[name] = {"state": {k: v.clone() for k, v in model.state_dict().items()},
+                     "loss": result.history[-1]["loss"]}
+    return out
+
+
+def test_ddp_training_keeps_every_registered_defense_in_step_across_ranks(tmp_path):
+    names = DEFENSES.names()
+    for name in names:
+        (tmp_path / "runs" / name).mkdir(parents=True)
+    results = _ranks(2, _train_defenses, tmp_path, names, tmp_path / "runs")
+    for name in names:
+        first, second = results[0][name], results[1][name]
+        assert np.isfinite(first["loss"]) and first["loss"] == second["loss"]
+        for key, value in first["state"].items():  # parameters and BatchNorm buffers, bit for bit
+            assert torch.equal(value, second["state"][key]), (name, key)
+        assert (tmp_path / "runs" / name / "checkpoint.pt").is_file()
+
+
+def _weighted_step(team: Team, data: Split):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    replicated = replicate(model, torch.device("cpu"), team)
+    for batch, weight in shard_batches(data, 5, torch.Generator().manual_seed(2), ("feature",), team):
+        loss = torch.nn.functional.cross_entropy(replicated(batch["feature"]), batch["label"])
+        (loss * weight).backward()
+        break
+    return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def test_a_ddp_step_is_the_step_of_the_global_batch_when_ranks_hold_unequal_shares(tmp_path):
+    rng = np.random.default_rng(0)
+    data = Split({"feature": rng.random((10, 4), dtype=np.float32), "label": rng.integers(0, 3, 10)})
+    alone = _weighted_step(SOLO, data)
+    for rank_grads in _ranks(2, _weighted_step, tmp_path, data):  # 5 clips: 3 on rank 0, 2 on rank 1
+        for name, grad in alone.items():
+            torch.testing.assert_close(rank_grads[name], grad, rtol=1e-6, atol=1e-7)
+
+
+# -- torchrun ---------------------------------------------------------------------------------------
+
+LAUNCHER = """
+    import dataclasses, os, sys
+    from pathlib import Path
+
+    import numpy as np
+    import mmrobust
+    from mmrobust.datasets.base import Dataset
+    from mmrobust.registry import DATASETS, DEFENSES
+
+    @DATASETS.register("synthetic-slice")
+    class Slice(Dataset):
+        modalities = DATASETS.get("synthetic").modalities
+
+        def load(self, request):
+            full = DATASETS.get("synthetic")().load(request)
+            return dataclasses.replace(full, name="synthetic-slice", train=full.train.take(np.arange(0, len(full.train), 24)),
+                                       test=full.test.take(np.arange(0, len(full.test), 27)), default_epochs=3,
+                                       fingerprint=full.fingerprint + "-slice", train_subjects=None)
+
+    # Rank 1 dies in the middle of the second epoch, once (the marker file says whether it did).
+    none = DEFENSES.get("none")
+    loss = none.loss
+
+    def dying(self, model, batch, ctx):
+        marker = Path(os.environ["DIE_MARKER"])
+        if ctx.epoch == 1 and os.environ["RANK"] == "1" and not marker.exists():
+            marker.write_text("died")
+            os._exit(9)
+        return loss(self, model, batch, ctx)
+
+    none.loss = dying
+    from mmrobust.cli import main
+    sys.argv[0] = "mmrobust"
+    main()
+"""
+
+
+@pytest.mark.slow
+def test_a_two_process_torchrun_run_resumes_after_a_dead_rank_and_records_its_world_size(tmp_path, data_cache):
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(textwrap.dedent(LAUNCHER))
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "DIE_MARKER": str(tmp_path / "died"), "OMP_NUM_THREADS": "1",
+           "MMROBUST_CACHE": str(data_cache)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               str(launcher), "run", "--dataset", "synthetic-slice", "--defense", "none", "--device", "cpu",
+               "--attacks", "fgsm", "--eval-batch-size", "4", "--run-dir", str(run_dir), "--quiet"]
+    died = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert died.returncode != 0 and (tmp_path / "died").exists(), died.stderr[-3000:]
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"] == 1  # epoch 1's checkpoint, intact
+    assert not list(run_dir.glob("result*.json"))
+
+    done = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    record = json.loads(next(run_dir.glob("result*.json")).read_text())
+    assert record["provenance"]["distributed"] == {"world_size": 2, "backend": "gloo"}
+    epochs = [json.loads(line)["epoch"] for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1, 2]  # the second epoch ran again from the first's checkpoint, once in the log
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"] == 3
+    assert done.stderr.count("run directory:") == 1  # rank 0 alone speaks
