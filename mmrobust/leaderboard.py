@@ -138,8 +138,8 @@ def _modalities(record: Record) -> str:
 
 
 def recipe(record: Record) -> str:
-    """How a record's model was trained beyond its defense: ``scratch``, or its defense parameters, recipe and
-    held-out share (``amrs=2``, ``warm-start``, ``holdout 0.2``, ...)."""
+    """How a record's model was trained beyond its defense: ``scratch``, or its defense parameters, recipe,
+    held-out share and training numerics (``amrs=2``, ``warm-start``, ``holdout 0.2``, ``bf16 autocast``, ...)."""
     params = changed_params(record.defense, record.config.get("defense_params") or {})
     parts = [str(record.config.get("recipe", "scratch"))]
     if params:
@@ -147,6 +147,7 @@ def recipe(record: Record) -> str:
     holdout = record.config.get("holdout") or 0
     if holdout:
         parts.append(f"holdout {holdout:g}")
+    parts += [name for key, name in (("amp", "bf16 autocast"), ("sync_bn", "sync-bn")) if record.config.get(key)]
     return ", ".join(part for part in parts if part != "scratch") or "scratch"
 
 

@@ -71,6 +71,7 @@ def default_run_dir(config: RunConfig) -> Path:
         tag += f"-{config.recipe}"
     if config.holdout:
         tag += f"-holdout{config.holdout:g}"
+    tag += "-amp" * config.amp + "-syncbn" * config.sync_bn
     split = f"-{config.split}" if config.split else ""
     return Path("runs") / f"{config.dataset}{split}" / tag
 

@@ -135,6 +135,22 @@ def test_more_processes_than_test_samples_is_refused():
         evaluate(_model(), data, PLAIN, team=Team(rank=0, size=4))
 
 
+def _disagree(team: Team):
+    from mmrobust.distributed import TeamError
+
+    try:
+        team.agree("data fingerprint", "abc123" if team.main else "abc124")
+    except TeamError as error:
+        return str(error)
+    return None
+
+
+def test_ranks_holding_other_data_stop_with_a_message_naming_it(tmp_path):
+    messages = _ranks(2, _disagree, tmp_path)
+    assert messages[0] == messages[1]
+    assert "rank 1 has another data fingerprint than rank 0 ('abc124' against 'abc123')" in messages[0]
+
+
 # -- training ---------------------------------------------------------------------------------------
 
 def test_each_global_batch_is_split_over_the_ranks_without_overlap():
@@ -181,6 +197,11 @@ def test_ddp_training_keeps_every_registered_defense_in_step_across_ranks(tmp_pa
         for key, value in first["state"].items():  # parameters and BatchNorm buffers, bit for bit
             assert torch.equal(value, second["state"][key]), (name, key)
         assert (tmp_path / "runs" / name / "checkpoint.pt").is_file()
+
+
+def test_sync_bn_on_the_cpu_is_refused_before_any_work():
+    with pytest.raises(ValueError, match="--sync-bn needs CUDA"):
+        replicate(_model(), torch.device("cpu"), Team(rank=0, size=2), sync_bn=True)
 
 
 def _weighted_step(team: Team, data: Split):
