@@ -153,7 +153,12 @@ def join(device: str = "auto") -> Team:
                              "start at most that many processes per node")
         torch.cuda.set_device(local_rank)
     if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
+        store, rank, size = next(torch.distributed.rendezvous("env://", timeout=TIMEOUT))
+        # torchrun's store outlives a worker group it restarts, and with it the old group's addresses, which
+        # the new group's gloo would try to connect to: every start of the group gets keys of its own.
+        start = (store.add("mmrobust/joined", 1) - 1) // size
+        torch.distributed.init_process_group("nccl" if cuda else "gloo", store=torch.distributed.PrefixStore(
+            f"mmrobust/start-{start}", store), rank=rank, world_size=size, timeout=TIMEOUT)
     return Team(rank=rank, size=size, local_rank=local_rank, backend=torch.distributed.get_backend())
 
 

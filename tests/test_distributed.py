@@ -245,13 +245,14 @@ LAUNCHER = """
                                        test=full.test.take(np.arange(0, len(full.test), 27)), default_epochs=3,
                                        fingerprint=full.fingerprint + "-slice", train_subjects=None)
 
-    # Rank 1 dies in the middle of the second epoch, once (the marker file says whether it did).
+    # Rank 1 dies at the first batch of the second epoch and again at that of the third, once each (a
+    # marker file per epoch says whether it did).
     none = DEFENSES.get("none")
     loss = none.loss
 
     def dying(self, model, batch, ctx):
-        marker = Path(os.environ["DIE_MARKER"])
-        if ctx.epoch == 1 and os.environ["RANK"] == "1" and not marker.exists():
+        marker = Path(os.environ["DIE_MARKER"] + f"-{ctx.epoch}")
+        if ctx.epoch in (1, 2) and os.environ["RANK"] == "1" and not marker.exists():
             marker.write_text("died")
             os._exit(9)
         return loss(self, model, batch, ctx)
@@ -264,18 +265,22 @@ LAUNCHER = """
 
 
 @pytest.mark.slow
-def test_a_two_process_torchrun_run_resumes_after_a_dead_rank_and_records_its_world_size(tmp_path, data_cache):
+def test_a_two_process_torchrun_run_resumes_after_dead_ranks_and_records_its_world_size(tmp_path, data_cache):
+    """Rank 1 dies in epoch 2: torchrun restarts the group (--max-restarts 1), which resumes by itself; it
+    dies again in epoch 3 with no restart left; `--resume` finishes the run."""
     launcher = tmp_path / "launch.py"
     launcher.write_text(textwrap.dedent(LAUNCHER))
     run_dir = tmp_path / "run"
     env = {**os.environ, "DIE_MARKER": str(tmp_path / "died"), "OMP_NUM_THREADS": "1",
            "MMROBUST_CACHE": str(data_cache)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               str(launcher), "run", "--dataset", "synthetic-slice", "--defense", "none", "--device", "cpu",
-               "--attacks", "fgsm", "--eval-batch-size", "4", "--run-dir", str(run_dir), "--quiet"]
+               "--max-restarts", "1", str(launcher), "run", "--dataset", "synthetic-slice", "--defense", "none",
+               "--device", "cpu", "--attacks", "fgsm", "--eval-batch-size", "4", "--run-dir", str(run_dir), "--quiet"]
     died = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert died.returncode != 0 and (tmp_path / "died").exists(), died.stderr[-3000:]
-    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"] == 1  # epoch 1's checkpoint, intact
+    assert died.returncode != 0, died.stderr[-3000:]
+    assert (tmp_path / "died-1").exists() and (tmp_path / "died-2").exists(), died.stderr[-3000:]
+    assert died.stderr.count("run directory:") == 2  # rank 0 alone speaks, once per start of the group
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"] == 2  # the restart trained epoch 2
     assert not list(run_dir.glob("result*.json"))
 
     done = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True, timeout=600)
@@ -283,6 +288,5 @@ def test_a_two_process_torchrun_run_resumes_after_a_dead_rank_and_records_its_wo
     record = json.loads(next(run_dir.glob("result*.json")).read_text())
     assert record["provenance"]["distributed"] == {"world_size": 2, "backend": "gloo"}
     epochs = [json.loads(line)["epoch"] for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
-    assert epochs == [0, 1, 2]  # the second epoch ran again from the first's checkpoint, once in the log
+    assert epochs == [0, 1, 2]  # each epoch once in the log, though epochs 2 and 3 were started twice
     assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"] == 3
-    assert done.stderr.count("run directory:") == 1  # rank 0 alone speaks
