@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import time
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,12 +19,15 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from mmrobust.config import RECIPES, RunConfig
-from mmrobust.distributed import TeamError
+from mmrobust.distributed import MainFailed, TeamError
 from mmrobust.files import DiskFullError, FolderInUseError
 from mmrobust.registry import COMMANDS, REGISTRIES, DuplicateNameError, RegistryLoadError, UnknownNameError
 
 if TYPE_CHECKING:
     from mmrobust.results import Record
+
+#: Seconds a rank other than 0 waits before it reports an error (see ``_Group.invoke``).
+OTHER_RANK_GRACE = 5.0
 
 USER_ERRORS = (ValueError, FileNotFoundError, UnknownNameError, NotADirectoryError, PermissionError, RegistryLoadError,
                FolderInUseError, DiskFullError, TeamError)
@@ -54,8 +58,15 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except MainFailed:  # rank 0 failed at work it did for the team, and says why
+            raise click.exceptions.Exit(1) from None
         except USER_ERRORS as error:
-            if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 alone says what went wrong
+            rank = os.environ.get("RANK", "0")
+            if rank != "0":
+                # Under torchrun an error that rank 0 meets too is said by rank 0 alone: torchrun stops this
+                # process as soon as rank 0 exits. One of this rank's own is said after that short wait.
+                time.sleep(OTHER_RANK_GRACE)
+                click.echo(f"Error: rank {rank}: {error}", err=True)
                 raise click.exceptions.Exit(1) from None
             raise click.ClickException(str(error)) from None
 
@@ -149,6 +160,9 @@ def _names_option(value: str | None) -> tuple[str, ...] | None:
                    "(see `mmrobust model-info --memory`).")
 @click.option("--sync-bn", is_flag=True, default=False,
               help="Under torchrun, BatchNorm over the global batch (CUDA) instead of each rank's share.")
+@click.option("--collective-timeout", default=None, type=click.FloatRange(min=0, min_open=True), metavar="MINUTES",
+              help="Under torchrun, how long a rank waits for the others at a collective before it gives up "
+                   "[default: 720; raise it when one chunk of an attack takes longer].")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
               help="A flat TOML file of run settings; flags given explicitly override it.")
 @click.option("--run-dir", default=None, type=click.Path(file_okay=False),
@@ -159,7 +173,7 @@ def _names_option(value: str | None) -> tuple[str, ...] | None:
 @click.pass_context
 def run(ctx: click.Context, modalities: str | None, defense_params: tuple[str, ...], config_file: str | None,
         run_dir: str | None, resume: str | None, quiet: bool, eps: str | None, attacks: str | None,
-        **flags: Any) -> None:
+        collective_timeout: float | None, **flags: Any) -> None:
     """Train a defended model, evaluate it under the protocol, write DIR/result.json.
 
     The evaluation is standard-v1: clean accuracy and FGSM, PGD-20 and CW∞
@@ -184,8 +198,8 @@ def run(ctx: click.Context, modalities: str | None, defense_params: tuple[str, .
       torchrun --nproc-per-node 8 -m mmrobust run --defense amr --dataset ntu60 \\
           --root /data/nturgbd --preset paper --device cuda
     """
-    from mmrobust.distributed import join, leave, restarted
-    from mmrobust.run import check_run_dir, default_run_dir, execute, resume_config, resume_state, validate
+    from mmrobust.distributed import TIMEOUT_MINUTES, join, leave
+    from mmrobust.run import default_run_dir, execute, validate
 
     explicit = {option: value for option, value in flags.items()
                 if ctx.get_parameter_source(option) is not click.core.ParameterSource.DEFAULT}
@@ -206,16 +220,10 @@ def run(ctx: click.Context, modalities: str | None, defense_params: tuple[str, .
     validate(config)
     directory = Path(run_dir) if run_dir else default_run_dir(config)
 
-    if resume is None and restarted() and (directory / "checkpoint.pt").is_file():
-        resume = ""  # torchrun restarted the workers after a failure: continue from the last checkpoint
-    state = None
-    if resume is not None:
-        state = resume_state(directory, resume or None)
-        config = resume_config(state, explicit, config.device)
-    check_run_dir(directory, resume=state is not None)
-
-    team = join(config.device)
+    team = join(config.device, collective_timeout or TIMEOUT_MINUTES)
     try:
+        # rank 0 reads the checkpoint and hands it to the others: every rank continues the same state
+        config, state = team.on_main(lambda: _starting_point(config, explicit, directory, resume))
         if team.main:
             click.echo(f"run directory: {directory}" + (f" ({team.size} processes)" if team.size > 1 else ""),
                        err=True)
@@ -224,6 +232,28 @@ def run(ctx: click.Context, modalities: str | None, defense_params: tuple[str, .
             _report(record)
     finally:
         leave()
+
+
+def _starting_point(config: RunConfig, explicit: dict[str, Any], directory: Path,
+                    resume: str | None) -> tuple[RunConfig, dict[str, Any] | None]:
+    """The configuration a run starts with and the checkpoint it continues (None: a fresh run), after
+    checking the run directory. A worker group that torchrun restarted after a failure continues from
+    the newest checkpoint: the run directory's, or the one ``--resume`` named if that is further on."""
+    from mmrobust.distributed import restarted
+    from mmrobust.run import check_run_dir, resume_config, resume_state
+
+    state = None
+    if restarted() and (directory / "checkpoint.pt").is_file():
+        state = resume_state(directory, None)
+        if resume:
+            named = resume_state(directory, resume)
+            state = named if named["epoch"] > state["epoch"] else state
+    elif resume is not None:
+        state = resume_state(directory, resume or None)
+    if state is not None:
+        config = resume_config(state, explicit, config.device)
+    check_run_dir(directory, resume=state is not None)
+    return config, state
 
 
 def _report(record: Record) -> None:
@@ -272,9 +302,12 @@ def _beside_standard(record: "Record") -> str:
 @click.option("--attacks", default=None, metavar="A[,A]", help="Attacks to run, e.g. pgd20 or fgsm,ta:APGD.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [default: the run's].")
 @click.option("--eval-batch-size", default=None, type=click.IntRange(min=1))
+@click.option("--collective-timeout", default=None, type=click.FloatRange(min=0, min_open=True), metavar="MINUTES",
+              help="Under torchrun, how long a rank waits for the others at a collective before it gives up "
+                   "[default: 720; raise it when one chunk of an attack takes longer].")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_(run_dir: str, protocol: str | None, eps: str | None, attacks: str | None, device: str | None,
-          eval_batch_size: int | None, quiet: bool) -> None:
+          eval_batch_size: int | None, collective_timeout: float | None, quiet: bool) -> None:
     """Evaluate a trained run again, without retraining.
 
     With the default settings the record is DIR/result.json; under another
@@ -297,11 +330,11 @@ def eval_(run_dir: str, protocol: str | None, eps: str | None, attacks: str | No
       mmrobust eval --run-dir runs/synthetic/none-tiny-s0 --eps 4/255 --attacks pgd20
       torchrun --nproc-per-node 8 -m mmrobust eval --run-dir runs/ntu60-xsub/amr-paper-s0
     """
-    from mmrobust.distributed import join, leave
+    from mmrobust.distributed import TIMEOUT_MINUTES, join, leave
     from mmrobust.run import reevaluate, run_device
 
     directory = Path(run_dir)
-    team = join(device or run_device(directory))
+    team = join(device or run_device(directory), collective_timeout or TIMEOUT_MINUTES)
     try:
         record = reevaluate(directory, protocol=protocol, eps=_eps_option(eps), attacks=_names_option(attacks),
                             device=device, batch_size=eval_batch_size, progress=not quiet, team=team)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -30,13 +30,20 @@ import torch
 
 T = TypeVar("T")
 
-#: How long a rank waits for the others at a collective before it gives up (an idle rank waits while
-#: rank 0 writes a checkpoint or evaluates the held-out split alone).
-TIMEOUT = datetime.timedelta(minutes=60)
+#: How long a rank waits at a collective before it gives up, by default (``--collective-timeout``). A rank
+#: that has attacked its chunks waits at the gather until the slowest rank has attacked its own; at paper
+#: scale a chunk of strong-v1 (Square's 5,000 queries on 128 clips of I3D) takes hours. A rank that dies
+#: does not make the others wait this long: torchrun stops the group as soon as one process fails.
+TIMEOUT_MINUTES = 12 * 60
 
 
 class TeamError(RuntimeError):
     """The ranks of one run disagree (data, configuration) or cannot work together."""
+
+
+class MainFailed(Exception):
+    """Raised on the other ranks when a step rank 0 does for the team (:meth:`Team.on_main`) failed there;
+    rank 0 raises the error itself and reports it."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +73,7 @@ class Team:
         device = torch.device(device)
         if device.type != "cuda" or self.size == 1:
             return device
-        if device.index not in (None, self.local_rank):
+        if device.index is not None:  # refused on every rank alike, so that rank 0 says it
             raise ValueError(f"--device {device} names one GPU, but under torchrun each rank takes the GPU of its "
                              f"local rank; use --device cuda")
         return torch.device("cuda", self.local_rank)
@@ -76,14 +83,20 @@ class Team:
         rank)."""
         return list(items[self.rank::self.size])
 
-    def gather(self, part: dict[Any, Any]) -> dict[Any, Any]:
-        """Every rank's ``part`` merged into one dict, the same on every rank (keys must not repeat)."""
+    def gather(self, part: dict[Any, Any], tag: str = "") -> dict[Any, Any]:
+        """Every rank's ``part`` merged into one dict, the same on every rank (keys must not repeat).
+
+        ``tag`` names the work (an attack cell): ranks that reach the gather of different work raise
+        TeamError instead of merging it."""
         if self.size == 1:
             return dict(part)
-        parts: list[dict[Any, Any] | None] = [None] * self.size
-        torch.distributed.all_gather_object(parts, part)
+        parts: list[tuple[str, dict[Any, Any]] | None] = [None] * self.size
+        torch.distributed.all_gather_object(parts, (tag, part))
         merged: dict[Any, Any] = {}
-        for rank_part in parts:
+        for rank, (rank_tag, rank_part) in enumerate(parts):
+            if rank_tag != tag:
+                raise TeamError(f"rank {rank} gathered {rank_tag!r} while this rank gathered {tag!r}: the ranks "
+                                "went different ways through the work")
             repeated = merged.keys() & rank_part.keys()
             if repeated:
                 raise TeamError(f"two ranks returned work item {sorted(repeated)[0]!r}")
@@ -98,13 +111,34 @@ class Team:
         torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
 
+    def on_main(self, work: Callable[[], T]) -> T:
+        """``work()`` run by rank 0 alone and its result broadcast to every rank (reading state that must be
+        the same everywhere, such as the checkpoint a run resumes from). When it raises, rank 0 raises
+        the error and the others :class:`MainFailed`."""
+        if self.size == 1:
+            return work()
+        outcome: tuple[bool, Any] = (True, None)
+        if self.main:
+            try:
+                outcome = (True, work())
+            except Exception as error:
+                self.broadcast((False, None))
+                raise error
+        done, value = self.broadcast(outcome)
+        if not done:
+            raise MainFailed("rank 0 failed; it says why")
+        return value
+
     def agree(self, what: str, value: Any) -> None:
-        """Raise TeamError on every rank unless all ranks hold the same ``value`` (named ``what``)."""
+        """Unless all ranks hold the same ``value`` (named ``what``), raise TeamError on rank 0 (naming the
+        first rank that differs) and :class:`MainFailed` on the others."""
         if self.size == 1:
             return
         values: list[Any] = [None] * self.size
         torch.distributed.all_gather_object(values, value)
         for rank, other in enumerate(values):
+            if other != values[0] and not self.main:
+                raise MainFailed(f"this rank's {what} differs from rank 0's; rank 0 says how")
             if other != values[0]:
                 raise TeamError(f"rank {rank} has another {what} than rank 0 ({_short(other)} against "
                                 f"{_short(values[0])}); every rank must see the same files and settings")
@@ -135,12 +169,14 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
 
 
-def join(device: str = "auto") -> Team:
+def join(device: str = "auto", timeout_minutes: float = TIMEOUT_MINUTES) -> Team:
     """The team this process belongs to: under torchrun (``WORLD_SIZE`` > 1), the process group, joined
-    on first call (NCCL for a CUDA ``device``, gloo for the CPU); else :data:`SOLO`.
+    on first call (NCCL for a CUDA ``device``, gloo for the CPU), whose collectives give up after
+    ``timeout_minutes``; else :data:`SOLO`.
 
     Raises:
-        ValueError: a CUDA device under torchrun on a machine with fewer GPUs than local ranks.
+        ValueError: a CUDA device under torchrun with more processes per node than the node has GPUs
+            (raised on every rank).
     """
     if not launched():
         return SOLO
@@ -148,17 +184,21 @@ def join(device: str = "auto") -> Team:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if cuda:
-        if local_rank >= torch.cuda.device_count():
-            raise ValueError(f"local rank {local_rank} has no GPU: this machine has {torch.cuda.device_count()}; "
-                             "start at most that many processes per node")
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", local_rank + 1))
+        if per_node > torch.cuda.device_count():
+            raise ValueError(f"{per_node} processes per node, but this machine has {torch.cuda.device_count()} "
+                             "GPUs: start at most that many (--nproc-per-node)")
         torch.cuda.set_device(local_rank)
+    if timeout_minutes <= 0:
+        raise ValueError(f"the collective timeout must be positive, got {timeout_minutes} minutes")
+    timeout = datetime.timedelta(minutes=timeout_minutes)
     if not torch.distributed.is_initialized():
-        store, rank, size = next(torch.distributed.rendezvous("env://", timeout=TIMEOUT))
+        store, rank, size = next(torch.distributed.rendezvous("env://", timeout=timeout))
         # torchrun's store outlives a worker group it restarts, and with it the old group's addresses, which
         # the new group's gloo would try to connect to: every start of the group gets keys of its own.
         start = (store.add("mmrobust/joined", 1) - 1) // size
         torch.distributed.init_process_group("nccl" if cuda else "gloo", store=torch.distributed.PrefixStore(
-            f"mmrobust/start-{start}", store), rank=rank, world_size=size, timeout=TIMEOUT)
+            f"mmrobust/start-{start}", store), rank=rank, world_size=size, timeout=timeout)
     return Team(rank=rank, size=size, local_rank=local_rank, backend=torch.distributed.get_backend())
 
 

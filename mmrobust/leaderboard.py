@@ -139,7 +139,8 @@ def _modalities(record: Record) -> str:
 
 def recipe(record: Record) -> str:
     """How a record's model was trained beyond its defense: ``scratch``, or its defense parameters, recipe,
-    held-out share and training numerics (``amrs=2``, ``warm-start``, ``holdout 0.2``, ``bf16 autocast``, ...)."""
+    held-out share, training numerics and number of training processes (``amrs=2``, ``warm-start``,
+    ``holdout 0.2``, ``bf16 autocast``, ``8 processes``, ...)."""
     params = changed_params(record.defense, record.config.get("defense_params") or {})
     parts = [str(record.config.get("recipe", "scratch"))]
     if params:
@@ -148,6 +149,9 @@ def recipe(record: Record) -> str:
     if holdout:
         parts.append(f"holdout {holdout:g}")
     parts += [name for key, name in (("amp", "bf16 autocast"), ("sync_bn", "sync-bn")) if record.config.get(key)]
+    processes = (record.training or {}).get("world_size", 1)
+    if processes > 1:  # BatchNorm over each process's share of a batch
+        parts.append(f"{processes} processes")
     return ", ".join(part for part in parts if part != "scratch") or "scratch"
 
 

@@ -343,7 +343,7 @@ def evaluate(model: nn.Module, data: Split, protocol: Protocol = STANDARD_V1, *,
             one rank, with the composition it has in a single process; the
             outcomes are gathered by sample index, so they are those of a
             single process bit for bit, and no sample is attacked twice. Only
-            rank 0 writes into ``store``; the others work on a copy.
+            rank 0 reads and writes ``store``; the others work on its copy.
 
     Raises:
         ValueError: ``views`` or ``transfer`` with a protocol that is not adaptive; non-finite clean
@@ -360,20 +360,23 @@ def evaluate(model: nn.Module, data: Split, protocol: Protocol = STANDARD_V1, *,
         views.setdefault("bpda", surrogate)
         surrogate = None
     padding = {m: rule for m, rule in (padding or {}).items() if m in modalities}
-    store = {} if store is None else store if team.main else dict(store)
     if team.size > len(data):
         raise ValueError(f"{team.size} processes for {len(data)} test samples: start at most {len(data)}")
+    store = {} if store is None else store
+    if team.size > 1:  # every rank skips the cells rank 0's store holds: rank 0's copy, on every rank
+        copy = team.broadcast(dict(store) if team.main else None)
+        store = store if team.main else copy
     started = time.perf_counter()
 
     with _frozen_eval(model, surrogate, transfer, *views.values()):
-        clean_logits, labels = _clean_logits(model, data, modalities, batch_size, device, team)
+        clean_logits, labels = _clean_logits(model, data, modalities, batch_size, device, team, "clean")
         if not torch.isfinite(clean_logits).all():
             bad = int((~torch.isfinite(clean_logits)).any(dim=1).sum())
             raise ValueError(f"the model returns non-finite logits for {bad} of {len(labels)} clean samples; "
                              "no accuracy can be measured on them")
         clean = (clean_logits.argmax(1) == labels).numpy()
         _start_store(store, labels.numpy(), clean)
-        surrogate_logits = (_clean_logits(surrogate, data, modalities, batch_size, device, team)[0]
+        surrogate_logits = (_clean_logits(surrogate, data, modalities, batch_size, device, team, "surrogate")[0]
                             if surrogate is not None else None)
         cost = {"gradient_passes": 0, "forward_passes": len(data) * (2 if surrogate is not None else 1)}
         audit = _sanity_checks(model, data, modalities, device, cost, protocol)
@@ -597,7 +600,7 @@ def _attack_cell(model, attacked, cell, surrogate, targets, data, candidates, mo
         parts[start] = (robust, (within, untouched, disagreements), spent, diagnosis)
         bar.update(len(index))
     mine = sum(len(candidates[start:start + chunk]) for start in parts)
-    parts = team.gather(parts)
+    parts = team.gather(parts, tag=f"{cell.key}/{'+'.join(targets)}")
     bar.update(len(candidates) - mine)
     robust = np.zeros(len(data), dtype=bool)
     for start, (outcome, *_) in parts.items():
@@ -696,13 +699,13 @@ def _to(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, to
 
 @torch.no_grad()
 def _clean_logits(model: nn.Module, data: Split, modalities, batch_size: int, device,
-                  team: Team = SOLO) -> tuple[torch.Tensor, torch.Tensor]:
+                  team: Team = SOLO, tag: str = "clean") -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and labels of every sample, in order; each batch is run by one rank of ``team``."""
     parts = {}
     for start in team.mine(range(0, len(data), batch_size)):
         batch = data.batch(np.arange(start, min(start + batch_size, len(data))), modalities)
         parts[start] = (logits_of(model(_to(batch, device))).float().cpu(), batch["label"])
-    parts = team.gather(parts)
+    parts = team.gather(parts, tag=tag)
     ordered = [parts[start] for start in sorted(parts)]
     return torch.cat([logits for logits, _ in ordered]), torch.cat([labels for _, labels in ordered])
 

@@ -228,12 +228,20 @@ def model_digest(model: Any) -> str:
     return digest.hexdigest()
 
 
-def outcome_key(model: Any, protocol: Any, data_fingerprint: str, size: int, device: Any = "cpu") -> dict[str, Any]:
+def outcome_key(model: Any, protocol: Any, data_fingerprint: str, size: int, device: Any = "cpu",
+                numerics: dict[str, Any] | None = None) -> dict[str, Any]:
     """What per-sample outcomes depend on: the weights, the protocol, the data, the device type and
-    mmrobust's version."""
-    return {"model": model_digest(model), "protocol": protocol.name, "settings": protocol.settings(),
-            "data": data_fingerprint, "n": size, "device": str(getattr(device, "type", device)),
-            "mmrobust": mmrobust.__version__}
+    mmrobust's version; on CUDA also the GPU model and the pinned numerics (``numerics``), so that an
+    evaluation resumed on another GPU or under other settings starts afresh."""
+    key = {"model": model_digest(model), "protocol": protocol.name, "settings": protocol.settings(),
+           "data": data_fingerprint, "n": size, "device": str(getattr(device, "type", device)),
+           "mmrobust": mmrobust.__version__}
+    if key["device"] == "cuda":
+        import torch
+
+        key["gpu"] = torch.cuda.get_device_name(device)
+        key["numerics"] = numerics
+    return key
 
 
 def read_outcomes(path: Path) -> dict[str, np.ndarray]:

@@ -188,6 +188,9 @@ def execute(config: RunConfig, run_dir: Path, *, resume: dict[str, Any] | None =
     started = time.perf_counter()
     protocol = validate(config)  # before any data is loaded
     check_record_free(run_dir / record_name(protocol.name))
+    if config.sync_bn and team.size == 1:
+        raise ValueError("--sync-bn normalises over the processes of a torchrun run; one process already "
+                         "normalises over the whole batch (drop the flag)")
     exp = prepare(config, progress, team)
     config = exp.config
     for setting in protocol.attacks:  # before training
@@ -217,6 +220,8 @@ def execute(config: RunConfig, run_dir: Path, *, resume: dict[str, Any] | None =
             save_final_model(exp.model, config, run_dir)
         training = {"epochs": config.epochs, "final_loss": result.history[-1]["loss"] if result.history else None,
                     "seconds": result.seconds}
+        if team.size > 1:  # BatchNorm sees each rank's share of a batch: part of how the model was trained
+            training["world_size"] = team.size
         if heldout is not None:
             training["heldout"] = {"share": config.holdout, "size": len(heldout), "steps": config.holdout_steps,
                                    "last": {k: v for k, v in result.history[-1].items() if k.startswith("heldout_")}
@@ -291,8 +296,8 @@ def evaluate_experiment(exp: Experiment, run_dir: Path, protocol: Protocol, *, t
     config = exp.config
     suffix = "" if protocol.name == STANDARD_V1.name else f"-{protocol.name}"
     outcomes = f"outcomes{suffix}.npz"
-    store = OutcomeStore(run_dir / outcomes, outcome_key(exp.model, protocol, exp.data.fingerprint,
-                                                           len(exp.data.test), exp.device))
+    key = outcome_key(exp.model, protocol, exp.data.fingerprint, len(exp.data.test), exp.device, exp.numerics)
+    store = OutcomeStore(run_dir / outcomes, key) if exp.team.main else None  # rank 0 shares what it holds
     if protocol.adaptive:
         views = adaptive_views(exp.defense, exp.model)
         transfer, transfer_run = undefended_model(exp, run_dir)
@@ -316,7 +321,7 @@ def evaluate_experiment(exp: Experiment, run_dir: Path, protocol: Protocol, *, t
         modalities=tuple(config.modalities), protocol=protocol.name, protocol_settings=protocol.settings(),
         config=config.to_dict(), metrics=metrics,
         flags=flags,
-        evaluation={"outcomes": outcomes, "model_digest": store.key["model"], "batch_size": config.eval_batch_size,
+        evaluation={"outcomes": outcomes, "model_digest": key["model"], "batch_size": config.eval_batch_size,
                     "disagreements": evaluation.disagreements, **evaluation.cost, "cells": evaluation.cells,
                     "pinned": evaluation.pinned},
         data={"fingerprint": exp.data.fingerprint, "train_size": len(exp.data.train),

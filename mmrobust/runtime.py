@@ -140,7 +140,7 @@ def pin_cuda() -> dict[str, Any]:
             "cudnn_benchmark": torch.backends.cudnn.benchmark, "cudnn_deterministic": torch.backends.cudnn.deterministic,
             "deterministic_algorithms": "warn_only" if torch.is_deterministic_algorithms_warn_only_enabled()
             else torch.are_deterministic_algorithms_enabled(),
-            "cublas_workspace": os.environ.get("CUBLAS_WORKSPACE_CONFIG"), "attack_dtype": "float32"}
+            "cublas_workspace": os.environ.get("CUBLAS_WORKSPACE_CONFIG"), "evaluation_dtype": "float32"}
 
 
 def describe_cuda(device: Any) -> dict[str, Any]:

@@ -165,6 +165,11 @@ def train(model: nn.Module, defense: Defense, data: Split, config: RunConfig, ep
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     start_epoch = 0
     if resume is not None:
+        trained_by = int(resume.get("world_size", 1))
+        if trained_by != team.size and not config.sync_bn:
+            raise CheckpointError(f"the checkpoint was trained by {trained_by} process(es) and this run has "
+                                  f"{team.size}: BatchNorm normalises each process's share of a batch, so the "
+                                  f"rest of the run would be another recipe; resume with {trained_by}")
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         torch.set_rng_state(resume["rng"])
@@ -216,7 +221,7 @@ def train(model: nn.Module, defense: Defense, data: Split, config: RunConfig, ep
             save_torch(run_dir / "checkpoint.pt", {
                 "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "epochs": epochs, "config": config.to_dict(),
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+                "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "world_size": team.size,
             })
             write_text(log_path, "".join(json.dumps(r) + "\n" for r in history))
         log.info("epoch %d/%d loss %.4f train acc %.2f%%", epoch + 1, epochs, row["loss"], row["train_accuracy"])

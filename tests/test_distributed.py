@@ -57,7 +57,8 @@ def _split(n: int, seed: int = 0, model: torch.nn.Module | None = None) -> Split
 
 def _ranks(size: int, job, tmp_path: Path, *args) -> list:
     """Run ``job(team, *args)`` in ``size`` forked processes joined by gloo; their return values by rank."""
-    mp.start_processes(_rank, args=(size, str(tmp_path / "rendezvous"), job, str(tmp_path), args), nprocs=size,
+    rendezvous = tmp_path / f"rendezvous-{len(list(tmp_path.glob('rendezvous-*')))}"  # a file serves one group
+    mp.start_processes(_rank, args=(size, str(rendezvous), job, str(tmp_path), args), nprocs=size,
                        start_method="fork")
     return [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in range(size)]
 
@@ -135,20 +136,71 @@ def test_more_processes_than_test_samples_is_refused():
         evaluate(_model(), data, PLAIN, team=Team(rank=0, size=4))
 
 
-def _disagree(team: Team):
-    from mmrobust.distributed import TeamError
+def _partly_stored(team: Team, model, data, stored):
+    """Rank 0 starts from a store that holds some cells; the other ranks are given none."""
+    return _evaluate(team, model, data, PLAIN, store=dict(stored) if team.main else None)
 
+
+def test_every_rank_skips_the_cells_that_rank_0_has_stored(evaluated, tmp_path):
+    model, data, single = evaluated
+    store: dict = {}
+    _evaluate(SOLO, model, data, PLAIN, store=store)
+    first = {k: v for k, v in store.items() if not k.startswith("pgd3")}  # the FGSM cells are finished
+    assert len(first) < len(store)
+    results = _ranks(2, _partly_stored, tmp_path, model, data, first)
+    for result in results:  # the other rank must not attack the FGSM cells rank 0 skips (it would not meet
+        for cell, targets in single["plain-test"]["robust"].items():  # rank 0 at the gather)
+            for code, outcome in targets.items():
+                assert np.array_equal(result["robust"][cell][code], outcome), (cell, code)
+    assert results[0]["store"] == sorted(store)
+
+
+def _outcome(call):
+    """What a call on a rank came to: ('ok', value) or (exception class name, message)."""
     try:
-        team.agree("data fingerprint", "abc123" if team.main else "abc124")
-    except TeamError as error:
-        return str(error)
-    return None
+        return "ok", call()
+    except Exception as error:
+        return type(error).__name__, str(error)
 
 
-def test_ranks_holding_other_data_stop_with_a_message_naming_it(tmp_path):
-    messages = _ranks(2, _disagree, tmp_path)
-    assert messages[0] == messages[1]
-    assert "rank 1 has another data fingerprint than rank 0 ('abc124' against 'abc123')" in messages[0]
+def _collectives(team: Team):
+    def fails():
+        raise ValueError("no checkpoint here")
+
+    return {"agree": _outcome(lambda: team.agree("data fingerprint", "abc123" if team.main else "abc124")),
+            "gather": _outcome(lambda: team.gather({team.rank: 1}, tag="fgsm/R" if team.main else "fgsm/S")),
+            "on_main": _outcome(lambda: team.on_main(lambda: {"epoch": 2, "rank": team.rank})),
+            "on_main fails": _outcome(lambda: team.on_main(fails))}
+
+
+def test_ranks_that_disagree_or_fail_at_work_for_the_team_stop_with_one_message_from_rank_0(tmp_path):
+    first, second = _ranks(2, _collectives, tmp_path)
+    assert first["agree"] == ("TeamError", "rank 1 has another data fingerprint than rank 0 ('abc124' against "
+                                           "'abc123'); every rank must see the same files and settings")
+    assert second["agree"][0] == "MainFailed"  # the CLI exits silently on it: rank 0 says why
+    # Ranks at the gathers of different work stop instead of merging it.
+    assert first["gather"][0] == second["gather"][0] == "TeamError"
+    assert "rank 1 gathered 'fgsm/S' while this rank gathered 'fgsm/R'" in first["gather"][1]
+    # Rank 0 alone does the work, and every rank gets its result (or learns that it failed).
+    assert first["on_main"] == second["on_main"] == ("ok", {"epoch": 2, "rank": 0})
+    assert first["on_main fails"] == ("ValueError", "no checkpoint here")
+    assert second["on_main fails"][0] == "MainFailed"
+
+
+def test_an_explicit_gpu_or_too_many_processes_per_node_are_refused_on_every_rank_alike(monkeypatch):
+    from mmrobust.distributed import join
+
+    for rank in range(2):
+        with pytest.raises(ValueError, match="names one GPU"):
+            Team(rank=rank, size=2, local_rank=rank).device("cuda:0")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for rank in range(2):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+        with pytest.raises(ValueError, match="^2 processes per node, but this machine has 1 GPUs"):
+            join("cuda")
 
 
 # -- training ---------------------------------------------------------------------------------------
@@ -171,14 +223,17 @@ def test_each_global_batch_is_split_over_the_ranks_without_overlap():
     assert len(list(shard_batches(data, 11, torch.Generator().manual_seed(5), None, Team(0, 3)))) == 2
 
 
-def _train_defenses(team: Team, names: list[str], runs: Path):
+def _train_defenses(team: Team, names: list[str], runs: Path, settings: dict | None = None):
     from mmrobust.config import RunConfig
+    from mmrobust.memory import checkpoint_blocks
     from mmrobust.training import train
 
     out = {}
     for name in names:
         model = _model(defense=name)
-        config = RunConfig(defense=name, batch_size=6, epochs=1, seed=3)
+        config = RunConfig(defense=name, batch_size=6, epochs=1, seed=3, **(settings or {}))
+        if config.grad_checkpoint:
+            checkpoint_blocks(model)
         result = train(model, build_defense(name), _split(12, seed=1), config, 1, runs / name,
                        device=torch.device("cpu"), progress=False, team=team)
         out[name] = {"state": {k: v.clone() for k, v in model.state_dict().items()},
@@ -197,6 +252,47 @@ def test_ddp_training_keeps_every_registered_defense_in_step_across_ranks(tmp_pa
         for key, value in first["state"].items():  # parameters and BatchNorm buffers, bit for bit
             assert torch.equal(value, second["state"][key]), (name, key)
         assert (tmp_path / "runs" / name / "checkpoint.pt").is_file()
+
+
+def test_ddp_training_under_bf16_autocast_and_checkpointing_keeps_the_ranks_in_step(tmp_path):
+    runs = {variant: tmp_path / variant for variant in ("fp32", "amp", "checkpointed")}
+    for folder in runs.values():
+        (folder / "amr").mkdir(parents=True)
+    fp32 = _ranks(2, _train_defenses, tmp_path, ["amr"], runs["fp32"])[0]["amr"]["state"]
+    for variant, settings in (("amp", {"amp": True}), ("checkpointed", {"grad_checkpoint": True})):
+        first, second = (r["amr"]["state"] for r in _ranks(2, _train_defenses, tmp_path, ["amr"], runs[variant],
+                                                              settings))
+        for key, value in first.items():
+            assert torch.equal(value, second[key]), (variant, key)
+        moved = [key for key, value in first.items() if value.is_floating_point() and not torch.equal(value, fp32[key])]
+        if variant == "amp":  # bf16 autocast is another computation: the weights it reaches differ
+            assert moved
+        else:  # recomputing the blocks in the backward pass changes no number
+            assert not moved, moved[:3]
+
+
+def test_sync_bn_in_one_process_is_refused_before_any_work(tmp_path):
+    from mmrobust.config import RunConfig
+    from mmrobust.run import execute
+
+    with pytest.raises(ValueError, match="--sync-bn normalises over the processes of a torchrun run"):
+        execute(RunConfig(sync_bn=True), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_is_resumed_only_by_as_many_processes_as_trained_it(tmp_path):
+    from mmrobust.config import RunConfig
+    from mmrobust.training import CheckpointError, load_checkpoint, train
+
+    config = RunConfig(batch_size=6, epochs=2, seed=3)
+    data = _split(12, seed=1)
+    train(_model(), build_defense("none"), data, config, 1, tmp_path, device=torch.device("cpu"), progress=False)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["world_size"] == 1
+    state["world_size"] = 2
+    with pytest.raises(CheckpointError, match="trained by 2 process.*this run has 1.*resume with 2"):
+        train(_model(), build_defense("none"), data, config, 2, tmp_path, device=torch.device("cpu"),
+              resume=state, progress=False)
 
 
 def test_sync_bn_on_the_cpu_is_refused_before_any_work():
@@ -290,3 +386,53 @@ def test_a_two_process_torchrun_run_resumes_after_dead_ranks_and_records_its_wor
     epochs = [json.loads(line)["epoch"] for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
     assert epochs == [0, 1, 2]  # each epoch once in the log, though epochs 2 and 3 were started twice
     assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"] == 3
+
+
+# -- the command line under torchrun ------------------------------------------------------------------
+
+def test_another_rank_names_itself_in_its_error_and_is_silent_when_rank_0_reports(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    import mmrobust.cli
+    import mmrobust.run
+    from mmrobust.distributed import MainFailed
+
+    monkeypatch.setattr(mmrobust.cli, "OTHER_RANK_GRACE", 0.0)
+    monkeypatch.setenv("RANK", "1")
+    result = CliRunner().invoke(mmrobust.cli.cli, ["run", "--defense", "noen", "--run-dir", str(tmp_path / "d")])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: rank 1: unknown defense 'noen'"), result.output
+
+    def rank_0_failed(config):
+        raise MainFailed("rank 0 failed; it says why")
+
+    monkeypatch.setattr(mmrobust.run, "validate", rank_0_failed)
+    result = CliRunner().invoke(mmrobust.cli.cli, ["run", "--run-dir", str(tmp_path / "d")])
+    assert (result.exit_code, result.output) == (1, "")
+
+
+def _checkpoint(path: Path, epoch: int) -> Path:
+    from mmrobust.config import RunConfig
+    from mmrobust.training import CHECKPOINT_FORMAT
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": CHECKPOINT_FORMAT, "epoch": epoch, "epochs": 4, "config": RunConfig().to_dict(),
+                "model": {}, "optimizer": {}, "scheduler": {}, "rng": torch.get_rng_state()}, path)
+    return path
+
+
+def test_a_restarted_worker_group_continues_from_the_newest_checkpoint(monkeypatch, tmp_path):
+    from mmrobust.cli import _starting_point
+    from mmrobust.config import RunConfig
+
+    run_dir = tmp_path / "run"
+    earlier, later = _checkpoint(tmp_path / "epoch1.pt", 1), _checkpoint(tmp_path / "epoch3.pt", 3)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert _starting_point(RunConfig(), {}, run_dir, None)[1] is None  # died before its first checkpoint
+    assert _starting_point(RunConfig(), {}, run_dir, str(earlier))[1]["epoch"] == 1
+    _checkpoint(run_dir / "checkpoint.pt", 2)  # the run, resumed from epoch 1, has finished epoch 2
+    assert _starting_point(RunConfig(), {}, run_dir, None)[1]["epoch"] == 2
+    assert _starting_point(RunConfig(), {}, run_dir, str(earlier))[1]["epoch"] == 2  # not back to epoch 1
+    assert _starting_point(RunConfig(), {}, run_dir, str(later))[1]["epoch"] == 3
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")  # the first start: --resume PATH means PATH
+    assert _starting_point(RunConfig(), {}, run_dir, str(earlier))[1]["epoch"] == 1

@@ -192,3 +192,19 @@ def test_an_unreadable_sibling_is_named_not_silently_skipped(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         assert list(records_beside(tmp_path / "amr")) == []
     assert str(old) in caplog.text and "older" in caplog.text
+
+
+def test_the_outcome_key_of_a_gpu_names_it_and_its_numerics(monkeypatch):
+    import torch
+
+    from mmrobust.protocol import STANDARD_V1
+    from mmrobust.results import outcome_key
+
+    model = torch.nn.Linear(2, 2)
+    cpu = outcome_key(model, STANDARD_V1, "abc", 10)
+    assert "gpu" not in cpu and "numerics" not in cpu  # the CPU key is that of the committed stores
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    gpu = outcome_key(model, STANDARD_V1, "abc", 10, torch.device("cuda", 0), {"tf32_matmul": False})
+    assert (gpu["device"], gpu["gpu"], gpu["numerics"]) == ("cuda", "NVIDIA H200", {"tf32_matmul": False})
+    other = outcome_key(model, STANDARD_V1, "abc", 10, torch.device("cuda", 0), {"tf32_matmul": True})
+    assert other != gpu  # a store made under other numerics is not reused
