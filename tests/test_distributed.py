@@ -383,6 +383,10 @@ def test_a_two_process_torchrun_run_resumes_after_dead_ranks_and_records_its_wor
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     record = json.loads(next(run_dir.glob("result*.json")).read_text())
     assert record["provenance"]["distributed"] == {"world_size": 2, "backend": "gloo"}
+    assert record["training"]["world_size"] == 2  # per-rank BatchNorm: the leaderboard says "2 processes"
+    from mmrobust.leaderboard import recipe
+    from mmrobust.results import Record
+    assert recipe(Record.load(next(run_dir.glob("result*.json")))) == "2 processes"
     epochs = [json.loads(line)["epoch"] for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
     assert epochs == [0, 1, 2]  # each epoch once in the log, though epochs 2 and 3 were started twice
     assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"] == 3
