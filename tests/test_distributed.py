@@ -271,6 +271,29 @@ def test_ddp_training_under_bf16_autocast_and_checkpointing_keeps_the_ranks_in_s
             assert not moved, moved[:3]
 
 
+def _finetune_exfmem(team: Team, run_dir: Path):
+    from mmrobust.config import RunConfig
+    from mmrobust.training import train
+
+    params = {"finetune": 0.5, "bank_size": 8}  # epoch 2 of 2 is trained through the filled banks
+    defense = build_defense("exfmem", params)
+    torch.manual_seed(0)
+    model = defend(defense, build_model(get_preset("tiny"), SHAPES, CLASSES))
+    config = RunConfig(defense="exfmem", defense_params=params, batch_size=6, epochs=2, seed=3)
+    train(model, defense, _split(12, seed=1), config, 2, run_dir, device=torch.device("cpu"), progress=False,
+          team=team)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_ddp_fine_tuning_through_exfmem_banks_keeps_the_ranks_in_step(tmp_path):
+    (tmp_path / "run").mkdir()
+    first, second = _ranks(2, _finetune_exfmem, tmp_path, tmp_path / "run")
+    banks = [key for key in first if key.endswith(".bank")]
+    assert banks and all(bool(first[key.replace(".bank", ".filled")]) for key in banks)  # filled at epoch 2
+    for key, value in first.items():
+        assert torch.equal(value, second[key]), key
+
+
 def test_sync_bn_in_one_process_is_refused_before_any_work(tmp_path):
     from mmrobust.config import RunConfig
     from mmrobust.run import execute
