@@ -1,7 +1,7 @@
 # Set-up and everyday commands. Everything installs into .venv from the repo's own files.
 #
 #   make run     set up, then train and evaluate AMR on the embedded synthetic data (about 7 min on 2 cores)
-#   make test    set up, then run the test suite
+#   make test    set up, then run the test suite (two worker processes, one file per worker at a time)
 #
 # torch is pinned to the CPU build this machine provides (any other spec pulls
 # CUDA wheels); torchattacks goes in with --no-deps because it declares
@@ -31,7 +31,7 @@ run: setup
 	$(BIN)/mmrobust run --defense amr --dataset synthetic
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
