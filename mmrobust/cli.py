@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from mmrobust.config import RECIPES, RunConfig
-from mmrobust.distributed import MainFailed, TeamError
+from mmrobust.distributed import TIMEOUT_MINUTES, MainFailed, TeamError
 from mmrobust.files import DiskFullError, FolderInUseError
 from mmrobust.registry import COMMANDS, REGISTRIES, DuplicateNameError, RegistryLoadError, UnknownNameError
 
@@ -118,6 +118,12 @@ def _names_option(value: str | None) -> tuple[str, ...] | None:
     return None if value is None else tuple(a.strip() for a in value.split(",") if a.strip())
 
 
+_collective_timeout = click.option(
+    "--collective-timeout", default=TIMEOUT_MINUTES, show_default=True, type=click.FloatRange(min=0, min_open=True),
+    metavar="MINUTES", help="Under torchrun, how long a rank waits for the others at a collective before it gives "
+                            "up (raise it when one chunk of an attack takes longer).")
+
+
 @cli.command()
 @click.option("--dataset", default="synthetic", show_default=True, help="Registered dataset (see `mmrobust list`).")
 @click.option("--defense", default="none", show_default=True, help="Registered defense (see `mmrobust list`).")
@@ -160,9 +166,7 @@ def _names_option(value: str | None) -> tuple[str, ...] | None:
                    "(see `mmrobust model-info --memory`).")
 @click.option("--sync-bn", is_flag=True, default=False,
               help="Under torchrun, BatchNorm over the global batch (CUDA) instead of each rank's share.")
-@click.option("--collective-timeout", default=None, type=click.FloatRange(min=0, min_open=True), metavar="MINUTES",
-              help="Under torchrun, how long a rank waits for the others at a collective before it gives up "
-                   "[default: 720; raise it when one chunk of an attack takes longer].")
+@_collective_timeout
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
               help="A flat TOML file of run settings; flags given explicitly override it.")
 @click.option("--run-dir", default=None, type=click.Path(file_okay=False),
@@ -173,7 +177,7 @@ def _names_option(value: str | None) -> tuple[str, ...] | None:
 @click.pass_context
 def run(ctx: click.Context, modalities: str | None, defense_params: tuple[str, ...], config_file: str | None,
         run_dir: str | None, resume: str | None, quiet: bool, eps: str | None, attacks: str | None,
-        collective_timeout: float | None, **flags: Any) -> None:
+        collective_timeout: float, **flags: Any) -> None:
     """Train a defended model, evaluate it under the protocol, write DIR/result.json.
 
     The evaluation is standard-v1: clean accuracy and FGSM, PGD-20 and CW∞
@@ -198,7 +202,7 @@ def run(ctx: click.Context, modalities: str | None, defense_params: tuple[str, .
       torchrun --nproc-per-node 8 -m mmrobust run --defense amr --dataset ntu60 \\
           --root /data/nturgbd --preset paper --device cuda
     """
-    from mmrobust.distributed import TIMEOUT_MINUTES, join, leave
+    from mmrobust.distributed import join, leave
     from mmrobust.run import default_run_dir, execute, validate
 
     explicit = {option: value for option, value in flags.items()
@@ -220,7 +224,7 @@ def run(ctx: click.Context, modalities: str | None, defense_params: tuple[str, .
     validate(config)
     directory = Path(run_dir) if run_dir else default_run_dir(config)
 
-    team = join(config.device, collective_timeout or TIMEOUT_MINUTES)
+    team = join(config.device, collective_timeout)
     try:
         # rank 0 reads the checkpoint and hands it to the others: every rank continues the same state
         config, state = team.on_main(lambda: _starting_point(config, explicit, directory, resume))
@@ -302,12 +306,10 @@ def _beside_standard(record: "Record") -> str:
 @click.option("--attacks", default=None, metavar="A[,A]", help="Attacks to run, e.g. pgd20 or fgsm,ta:APGD.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [default: the run's].")
 @click.option("--eval-batch-size", default=None, type=click.IntRange(min=1))
-@click.option("--collective-timeout", default=None, type=click.FloatRange(min=0, min_open=True), metavar="MINUTES",
-              help="Under torchrun, how long a rank waits for the others at a collective before it gives up "
-                   "[default: 720; raise it when one chunk of an attack takes longer].")
+@_collective_timeout
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_(run_dir: str, protocol: str | None, eps: str | None, attacks: str | None, device: str | None,
-          eval_batch_size: int | None, collective_timeout: float | None, quiet: bool) -> None:
+          eval_batch_size: int | None, collective_timeout: float, quiet: bool) -> None:
     """Evaluate a trained run again, without retraining.
 
     With the default settings the record is DIR/result.json; under another
@@ -330,11 +332,11 @@ def eval_(run_dir: str, protocol: str | None, eps: str | None, attacks: str | No
       mmrobust eval --run-dir runs/synthetic/none-tiny-s0 --eps 4/255 --attacks pgd20
       torchrun --nproc-per-node 8 -m mmrobust eval --run-dir runs/ntu60-xsub/amr-paper-s0
     """
-    from mmrobust.distributed import TIMEOUT_MINUTES, join, leave
+    from mmrobust.distributed import join, leave
     from mmrobust.run import reevaluate, run_device
 
     directory = Path(run_dir)
-    team = join(device or run_device(directory), collective_timeout or TIMEOUT_MINUTES)
+    team = join(device or run_device(directory), collective_timeout)
     try:
         record = reevaluate(directory, protocol=protocol, eps=_eps_option(eps), attacks=_names_option(attacks),
                             device=device, batch_size=eval_batch_size, progress=not quiet, team=team)
