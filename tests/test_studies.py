@@ -192,3 +192,26 @@ def test_committed_study_figures_redraw_identically(name):
     assert {"svg", "png"} <= set(rendered)
     assert rendered["svg"] == (COMMITTED / f"{name}.svg").read_text()
     assert rendered["png"] == (COMMITTED / f"{name}.png").read_bytes()
+
+
+@pytest.mark.parametrize("args", [
+    ["--values", "0.1", "0.5", "--seeds", "0", "1"],
+    ["--values=0.1", "0.5", "--seeds=0", "1"],
+    ["--values", "0.1,0.5", "--seeds", "0,1"],
+    ["--values", "0.1", "--values=0.5", "--seeds=0", "--seeds", "1"],
+], ids=["spaces", "equals", "commas", "repeated"])
+def test_study_options_take_their_values_however_they_are_written(monkeypatch, tmp_path, args):
+    import mmrobust.study
+
+    asked = {}
+
+    def run_study(name, **settings):
+        asked.update(settings, name=name)
+        page = tmp_path / "lambda.md"
+        page.write_text("table\n")
+        return [page]
+
+    monkeypatch.setattr(mmrobust.study, "run_study", run_study)
+    result = CliRunner().invoke(cli, ["study", "lambda", *args, "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert (asked["name"], asked["params"]["values"], asked["seeds"]) == ("lambda", (0.1, 0.5), [0, 1])
