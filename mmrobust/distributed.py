@@ -137,11 +137,12 @@ class Team:
         values: list[Any] = [None] * self.size
         torch.distributed.all_gather_object(values, value)
         for rank, other in enumerate(values):
-            if other != values[0] and not self.main:
-                raise MainFailed(f"this rank's {what} differs from rank 0's; rank 0 says how")
-            if other != values[0]:
-                raise TeamError(f"rank {rank} has another {what} than rank 0 ({_short(other)} against "
-                                f"{_short(values[0])}); every rank must see the same files and settings")
+            if other == values[0]:
+                continue
+            if not self.main:
+                raise MainFailed(f"rank {rank}'s {what} differs from rank 0's; rank 0 says how")
+            raise TeamError(f"rank {rank} has another {what} than rank 0 ({_short(other)} against "
+                            f"{_short(values[0])}); every rank must see the same files and settings")
 
     def total(self, values: Iterable[float]) -> list[float]:
         """The element-wise sum over ranks of ``values`` (through objects: NCCL cannot reduce CPU tensors)."""
