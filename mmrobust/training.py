@@ -317,13 +317,19 @@ def _accuracy_counts(model: nn.Module, data: Split, batch_size: int, device: tor
 
 def convergence(history: list[dict[str, Any]], keys: tuple[str, ...] = ("heldout_clean", "heldout_avg"),
                 limit: float = 1.0) -> dict[str, Any] | None:
-    """How much the last quarter of epochs moved each held-out accuracy in ``keys`` (points, from the epoch
-    before that quarter to the last), and whether every change is under ``limit``; None without held-out
-    numbers or with fewer than 2 epochs."""
+    """How much the last quarter of epochs moved each held-out accuracy in ``keys``, and whether every
+    change is under ``limit`` points; None without held-out numbers or with fewer than 2 epochs.
+
+    The change is the mean over the last quarter (``window`` epochs) minus the mean over the quarter
+    before it. Two single epochs would let one epoch decide: on a few hundred held-out clips an
+    undefended model's robust accuracy moves by about two points from one epoch to the next while its
+    level no longer drifts, and a trend that persists through the last quarter still shows in the means.
+    """
     rows = [row for row in history if all(key in row for key in keys)]
     if len(rows) < 2 or len(rows) != len(history):
         return None
     window = max(1, math.ceil(len(rows) / 4))
-    changes = {key: rows[-1][key] - rows[-1 - window][key] for key in keys}
+    changes = {key: (sum(row[key] for row in rows[-window:]) - sum(row[key] for row in rows[-2 * window:-window]))
+               / window for key in keys}
     return {"window": window, "changes": changes, "limit": limit,
             "converged": all(abs(change) < limit for change in changes.values())}

@@ -46,7 +46,8 @@ def describe(rows: list[dict[str, Any]]) -> str:
         return "no held-out curves (train with --holdout to measure convergence)"
     changes = found["changes"]
     verdict = "converged" if found["converged"] else "not converged"
-    return (f"last {found['window']} of {len(rows)} epochs: held-out clean {changes['heldout_clean']:+.2f}, "
+    return (f"mean of the last {found['window']} of {len(rows)} epochs minus the {found['window']} before: "
+            f"held-out clean {changes['heldout_clean']:+.2f}, "
             f"robust Avg {changes['heldout_avg']:+.2f} points ({verdict}: each under {found['limit']:g})")
 
 
