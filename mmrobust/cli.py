@@ -754,6 +754,10 @@ def _study_command(name: str) -> click.Command:
         click.Option(["--split"], default=None, help="Dataset protocol, e.g. xsub."),
         click.Option(["--root"], default=None, type=click.Path(), help="A real dataset's release folder."),
         click.Option(["--device"], default="auto", show_default=True),
+        click.Option(["--recipe"], default="scratch", show_default=True, type=click.Choice(list(RECIPES)),
+                     help="Training recipe of every run but the reference defense's (as `sweep --recipe`)."),
+        click.Option(["--holdout"], default=0.0, show_default=True, type=click.FloatRange(0, 0.5),
+                     help="Share of training subjects held out and scored every epoch (see `run --help`)."),
         click.Option(["--runs", "runs_dir"], default="runs", show_default=True, type=click.Path(file_okay=False),
                      help="Where the run directories go (finished runs there are reused)."),
         click.Option(["--out"], default="leaderboards", show_default=True, type=click.Path(file_okay=False),
@@ -777,7 +781,8 @@ def _study_command(name: str) -> click.Command:
                                         type=type(field.default), help=help_text))
 
     def callback(dataset: str, preset: str, seeds: tuple[str, ...], split: str | None, root: str | None,
-                 device: str, runs_dir: str, out: str, quiet: bool, **values: Any) -> None:
+                 device: str, recipe: str, holdout: float, runs_dir: str, out: str, quiet: bool,
+                 **values: Any) -> None:
         _one_process("study")
         chosen = {}
         for field in fields:
@@ -793,7 +798,8 @@ def _study_command(name: str) -> click.Command:
                                              param_hint="--" + field.name.replace("_", "-")) from None
             chosen[field.name] = value
         chosen_seeds = _seeds(" ".join(_split_values(seeds)) or None, None, ())
-        paths = run_study(name, dataset=dataset, preset=preset, seeds=chosen_seeds, params=chosen, device=device, split=split, root=root, runs_dir=Path(runs_dir),
+        paths = run_study(name, dataset=dataset, preset=preset, seeds=chosen_seeds, params=chosen, device=device,
+                          split=split, root=root, recipe=recipe, holdout=holdout, runs_dir=Path(runs_dir),
                           out=Path(out), progress=not quiet, say=lambda line: click.echo(line, err=True))
         markdown = next(p for p in paths if p.suffix == ".md")
         click.echo(markdown.read_text())

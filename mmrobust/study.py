@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 
 from mmrobust.config import RunConfig
-from mmrobust.defense import changed_params
+from mmrobust.defense import changed_params, reference_defense
 from mmrobust.files import atomic_write, write_json, write_text
 from mmrobust.leaderboard import STUDY_FOLDER, target_codes
 from mmrobust.protocol import STANDARD_V1, get_protocol
@@ -151,9 +151,15 @@ def defense_params(defense: str, **values: Any) -> dict[str, Any]:
 
 def run_study(name: str, *, dataset: str = "synthetic", preset: str = "tiny", seeds: Sequence[int] = (0,),
               params: Mapping[str, Any] | None = None, device: str = "auto", split: str | None = None,
-              root: str | None = None, runs_dir: Path = Path("runs"), out: Path = Path("leaderboards"),
+              root: str | None = None, recipe: str = "scratch", holdout: float = 0.0,
+              runs_dir: Path = Path("runs"), out: Path = Path("leaderboards"),
               progress: bool = True, say: Callable[[str], None] = print) -> list[Path]:
     """Train, evaluate and render study ``name``; returns the files written under ``out/<dataset>/studies/``.
+
+    ``recipe`` and ``holdout`` are :class:`~mmrobust.config.RunConfig`'s, as in a sweep: with the same
+    ones a study reuses the sweep's runs. Under ``warm-start`` the reference defense still trains from
+    scratch, and the reference run each warm-started job begins from (same modalities, seed and holdout)
+    is trained first when it is missing, without being a row of the study.
 
     Raises:
         UnknownNameError: no such study (with suggestions).
@@ -168,12 +174,15 @@ def run_study(name: str, *, dataset: str = "synthetic", preset: str = "tiny", se
         raise ValueError(f"seeds must be distinct and at least one, got {seeds}")
     study = build_study(name)
     chosen = make_params(study, params or {})
-    base = RunConfig(dataset=dataset, preset=preset, device=device, split=split, root=root)
+    base = RunConfig(dataset=dataset, preset=preset, device=device, split=split, root=root, recipe=recipe,
+                     holdout=holdout)
     folder = study_folder(out, dataset, split)
     results = []
     for seed in seeds:
-        jobs = study.jobs(base.replace(seed=seed), chosen)
+        jobs = _from_scratch_where_needed(study.jobs(base.replace(seed=seed), chosen))
         _check_keys(jobs)
+        for reference in _warm_start_sources(jobs):
+            train_or_reuse(reference, runs_dir, progress=progress, say=say)
         for job in jobs:
             directory = train_or_reuse(job.config, runs_dir, progress=progress, say=say)
             evaluation = job.evaluation()
@@ -184,13 +193,31 @@ def run_study(name: str, *, dataset: str = "synthetic", preset: str = "tiny", se
             record = publish(Record.load(directory / record_name(evaluation)), directory, folder / "records")
             results.append(Result(job, seed, record, directory))
     manifest = {"format": FORMAT, "study": name, "title": study.title, "dataset": dataset, "preset": preset,
-                "split": split, "seeds": seeds, "matplotlib": _matplotlib_version(),
+                "split": split, "seeds": seeds, "recipe": recipe, "holdout": holdout,
+                "matplotlib": _matplotlib_version(),
                 "params": _plain(dataclasses.asdict(chosen)),
                 "rows": [{"key": r.job.key, "seed": r.seed, "record": f"records/{r.record.path.name}"}
                          for r in results],
                 "data": study.collect(results, chosen)}
     paths = [write_json(folder / f"{name}.json", manifest)]
     return paths + write_outputs(study, manifest, folder)
+
+
+def _from_scratch_where_needed(jobs: Sequence[Job]) -> list[Job]:
+    """``jobs`` with the reference defense's runs trained from scratch (warm-start begins from them)."""
+    reference = reference_defense()
+    return [dataclasses.replace(job, config=job.config.replace(recipe="scratch"))
+            if job.config.defense == reference else job for job in jobs]
+
+
+def _warm_start_sources(jobs: Sequence[Job]) -> list[RunConfig]:
+    """The reference runs the warm-started ``jobs`` begin from, each once, in job order."""
+    sources: list[RunConfig] = []
+    for job in jobs:
+        source = job.config.replace(defense=reference_defense(), defense_params={}, recipe="scratch")
+        if job.config.recipe == "warm-start" and source not in sources:
+            sources.append(source)
+    return sources
 
 
 def study_folder(out: Path, dataset: str, split: str | None = None) -> Path:
@@ -271,7 +298,8 @@ def rerender(folder: Path, name: str) -> tuple[dict[str, Any], dict[str, Any], d
     params = make_params(study, manifest["params"])
     data = manifest["data"]
     if study.from_records:
-        base = RunConfig(dataset=manifest["dataset"], preset=manifest["preset"], split=manifest["split"])
+        base = RunConfig(dataset=manifest["dataset"], preset=manifest["preset"], split=manifest["split"],
+                         recipe=manifest.get("recipe", "scratch"), holdout=manifest.get("holdout", 0.0))
         jobs = {seed: {job.key: job for job in study.jobs(base.replace(seed=seed), params)}
                 for seed in manifest["seeds"]}
         results = [Result(jobs[row["seed"]][row["key"]], row["seed"], Record.load(folder / row["record"]))

@@ -194,6 +194,29 @@ def test_committed_study_figures_redraw_identically(name):
     assert rendered["png"] == (COMMITTED / f"{name}.png").read_bytes()
 
 
+@pytest.mark.slow
+def test_a_study_trains_with_the_sweeps_recipe(tmp_path, one_epoch):
+    """Under warm-start the reference row trains from scratch and the others begin from it; a study whose
+    rows lack the reference trains it first, as no row."""
+    _study(tmp_path, one_epoch, "lambda", "--values", "0.5", "--recipe", "warm-start", "--holdout", "0.2")
+    runs = tmp_path / "runs" / one_epoch
+    none = json.loads((runs / "none-tiny-s0-holdout0.2" / "result.json").read_text())
+    amr = json.loads((runs / "amr-tiny-s0-lam0.5-warm-start-holdout0.2" / "result.json").read_text())
+    assert none["config"]["recipe"] == "scratch" and "init_from" not in none["training"]
+    assert amr["training"]["init_from"]["run"] == (runs / "none-tiny-s0-holdout0.2").as_posix()
+    assert amr["training"]["heldout"]["share"] == 0.2
+    manifest = json.loads(_files(tmp_path, one_epoch, "lambda")[1][".json"].read_text())
+    assert (manifest["recipe"], manifest["holdout"]) == ("warm-start", 0.2)
+
+    result = _study(tmp_path, one_epoch, "curves", "--defense", "at-r", "--eps", "4", "--recipe", "warm-start",
+                    "--holdout", "0.2", "--seeds", "1")
+    assert "none seed 1: running" in result.output
+    at_r = json.loads((runs / "at-r-tiny-s1-warm-start-holdout0.2" / "result.json").read_text())
+    assert at_r["training"]["init_from"]["run"] == (runs / "none-tiny-s1-holdout0.2").as_posix()
+    rows = json.loads(_files(tmp_path, one_epoch, "curves")[1][".json"].read_text())["rows"]
+    assert len(rows) == 1 and "none" not in rows[0]["key"]  # the reference is no row of it
+
+
 @pytest.mark.parametrize("args", [
     ["--values", "0.1", "0.5", "--seeds", "0", "1"],
     ["--values=0.1", "0.5", "--seeds=0", "1"],
