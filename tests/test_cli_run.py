@@ -18,6 +18,7 @@ from click.testing import CliRunner, Result
 
 import mmrobust
 from mmrobust.cli import cli
+from mmrobust.datasets.synthetic import CLASSES, SyntheticSpec
 from mmrobust.training import load_checkpoint
 
 
@@ -104,7 +105,8 @@ def test_result_record_holds_the_resolved_run(finished_run):
     clean = record["metrics"]["clean"]
     assert isinstance(clean, float) and 0.0 <= clean <= 100.0
     test_size = record["data"]["test_size"]
-    assert test_size == 270
+    spec = SyntheticSpec()
+    assert test_size == spec.test_subjects * spec.test_repeats * len(CLASSES)
     correct = clean * test_size / 100
     assert math.isclose(correct, round(correct), abs_tol=1e-6)  # a percentage of the test clips
 
