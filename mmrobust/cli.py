@@ -533,9 +533,9 @@ def plot_training(run_dirs: tuple[str, ...], out: str | None) -> None:
     """Draw training curves from each run's train_log.jsonl: loss, and accuracies per epoch.
 
     Runs trained with --holdout also show clean and PGD robust accuracy on
-    the held-out subjects after every epoch, and a line says whether their
-    mean over the last quarter of epochs is within one point of the mean over
-    the quarter before (converged).
+    the held-out subjects after every epoch, and a line says whether the last
+    quarter of epochs moved them by less than one point (converged: the
+    least-squares trend over that quarter, see `mmrobust.training.convergence`).
 
     \b
     Examples:

@@ -189,9 +189,24 @@ def _flags(record: Record, common_settings: str | None) -> str:
         marks.append(f"attack-failure!({','.join(tripped)})")
     if common_settings is not None and _settings_key(record) != common_settings:
         marks.append("settings!")
-    if ((record.training or {}).get("convergence") or {}).get("converged") is False:
+    if converged(record) is False:
         marks.append("unconverged!")
     return " ".join(marks)
+
+
+def converged(record: Record) -> bool | None:
+    """Whether the record's training met the convergence rule (:func:`mmrobust.training.convergence`); None
+    when it was not measured. The training log a sweep publishes beside the record (``training.log``) is
+    judged by the rule as it is now; without one, the verdict the record was made with stands."""
+    training = record.training or {}
+    log = training.get("log")
+    if log and record.path is not None and (record.path.parent / log).is_file():
+        from mmrobust.training import convergence
+        from mmrobust.training_plot import read_log_file
+
+        found = convergence(read_log_file(record.path.parent / log))
+        return None if found is None else found["converged"]
+    return (training.get("convergence") or {}).get("converged")
 
 
 def _settings_key(record: Record) -> str:

@@ -19,6 +19,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -30,6 +31,7 @@ from mmrobust.leaderboard import build_table, load_records, write_leaderboard
 from mmrobust.model import unimodal_modalities
 from mmrobust.registry import DEFENSES
 from mmrobust.results import Record
+from mmrobust.training import TRAIN_LOG as LOG
 from mmrobust.protocol import STANDARD_V1, get_protocol
 from mmrobust.run import (RunDirError, check_run_dir, default_run_dir, execute, load_data, record_name, reevaluate,
                           resume_state)
@@ -163,10 +165,14 @@ def _differences(stored: RunConfig, wanted: RunConfig) -> str:
 
 def publish(record: Record, directory: Path, records_dir: Path) -> Record:
     """Copy a run's record and outcomes to ``records_dir`` as ``<run>.json`` and ``<run>.outcomes.npz``
-    (``<run>.<protocol>.json`` and ``<run>.<protocol>.outcomes.npz`` for a protocol other than standard-v1);
-    returns the copy."""
+    (``<run>.<protocol>.json`` and ``<run>.<protocol>.outcomes.npz`` for a protocol other than standard-v1),
+    and its training log, when it has one, as ``<run>.train_log.jsonl`` (named by the copy's
+    ``training.log``: the curves behind its convergence); returns the copy."""
     records_dir.mkdir(parents=True, exist_ok=True)
     stem = directory.name if record.protocol == STANDARD_V1.name else f"{directory.name}.{record.protocol}"
     shutil.copyfile(directory / record.evaluation["outcomes"], records_dir / f"{stem}.outcomes.npz")
-    return record.replace(evaluation={**record.evaluation, "outcomes": f"{stem}.outcomes.npz"}).save(
-        records_dir / f"{stem}.json")
+    changes: dict[str, Any] = {"evaluation": {**record.evaluation, "outcomes": f"{stem}.outcomes.npz"}}
+    if record.training is not None and (directory / LOG).is_file():
+        shutil.copyfile(directory / LOG, records_dir / f"{directory.name}.{LOG}")
+        changes["training"] = {**record.training, "log": f"{directory.name}.{LOG}"}
+    return record.replace(**changes).save(records_dir / f"{stem}.json")

@@ -42,6 +42,7 @@ from mmrobust.results import save_torch
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
+TRAIN_LOG = "train_log.jsonl"  # one JSON line per epoch, in the run directory
 MONITOR_SIZE = 1024
 
 
@@ -176,7 +177,7 @@ def train(model: nn.Module, defense: Defense, data: Split, config: RunConfig, ep
         start_epoch = int(resume["epoch"])
     # Clean accuracy in eval mode is tracked on a fixed subset of the training set.
     monitor = data.take(torch.randperm(len(data), generator=torch.Generator().manual_seed(config.seed))[:MONITOR_SIZE].numpy())
-    log_path = run_dir / "train_log.jsonl"
+    log_path = run_dir / TRAIN_LOG
     history = _read_log(log_path, start_epoch)
     started = time.perf_counter()
     for epoch in range(start_epoch, epochs):
@@ -320,16 +321,20 @@ def convergence(history: list[dict[str, Any]], keys: tuple[str, ...] = ("heldout
     """How much the last quarter of epochs moved each held-out accuracy in ``keys``, and whether every
     change is under ``limit`` points; None without held-out numbers or with fewer than 2 epochs.
 
-    The change is the mean over the last quarter (``window`` epochs) minus the mean over the quarter
-    before it. Two single epochs would let one epoch decide: on a few hundred held-out clips an
-    undefended model's robust accuracy moves by about two points from one epoch to the next while its
-    level no longer drifts, and a trend that persists through the last quarter still shows in the means.
+    The change is that of the least-squares line through the epoch before the last quarter and the
+    ``window`` epochs of the quarter, from its first epoch to its last: the movement over the last
+    quarter, as read from every epoch of it rather than from two, so that one noisy epoch does not decide
+    (on a few hundred held-out clips an undefended model's robust accuracy moves by about two points from
+    one epoch to the next). With a window of 1 or 2 epochs the line passes through the end points, and
+    the change is the last epoch minus the one before the quarter.
     """
     rows = [row for row in history if all(key in row for key in keys)]
     if len(rows) < 2 or len(rows) != len(history):
         return None
     window = max(1, math.ceil(len(rows) / 4))
-    changes = {key: (sum(row[key] for row in rows[-window:]) - sum(row[key] for row in rows[-2 * window:-window]))
-               / window for key in keys}
+    steps = [step - window / 2 for step in range(window + 1)]  # centred epoch offsets, summing to 0
+    spread = sum(step * step for step in steps)
+    changes = {key: window * sum(step * row[key] for step, row in zip(steps, rows[-1 - window:])) / spread
+               for key in keys}
     return {"window": window, "changes": changes, "limit": limit,
             "converged": all(abs(change) < limit for change in changes.values())}

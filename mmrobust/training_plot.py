@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mmrobust.training import convergence
+from mmrobust.training import TRAIN_LOG, convergence
 
-LOG = "train_log.jsonl"
+LOG = TRAIN_LOG
 
 
 def read_log(run_dir: Path) -> list[dict[str, Any]]:
@@ -30,6 +30,13 @@ def read_log(run_dir: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no training log (is {run_dir} a run directory, and has it finished an "
                                 "epoch?)")
+    return read_log_file(path)
+
+
+def read_log_file(path: Path) -> list[dict[str, Any]]:
+    """The per-epoch rows of a training log (a run's ``train_log.jsonl``, or the copy a sweep publishes
+    beside its record); ValueError naming the file when there are none."""
+    path = Path(path)
     try:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     except json.JSONDecodeError as error:
@@ -46,8 +53,8 @@ def describe(rows: list[dict[str, Any]]) -> str:
         return "no held-out curves (train with --holdout to measure convergence)"
     changes = found["changes"]
     verdict = "converged" if found["converged"] else "not converged"
-    return (f"mean of the last {found['window']} of {len(rows)} epochs minus the {found['window']} before: "
-            f"held-out clean {changes['heldout_clean']:+.2f}, "
+    return (f"trend over the last {found['window']} of {len(rows)} epochs: held-out clean "
+            f"{changes['heldout_clean']:+.2f}, "
             f"robust Avg {changes['heldout_avg']:+.2f} points ({verdict}: each under {found['limit']:g})")
 
 

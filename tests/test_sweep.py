@@ -25,7 +25,8 @@ def test_sweep_writes_records_and_leaderboard_then_reuses_and_guards_runs(tmp_pa
     assert first.exit_code == 0, first.output
     board = tmp_path / "boards" / one_epoch_dataset
     assert sorted(p.name for p in (board / "records").iterdir()) == [
-        "minsim-tiny-s0.json", "minsim-tiny-s0.outcomes.npz", "none-tiny-s0.json", "none-tiny-s0.outcomes.npz"]
+        "minsim-tiny-s0.json", "minsim-tiny-s0.outcomes.npz", "minsim-tiny-s0.train_log.jsonl",
+        "none-tiny-s0.json", "none-tiny-s0.outcomes.npz", "none-tiny-s0.train_log.jsonl"]
     table = (board / "standard-v1.md").read_text()
     assert "| none" in table and "| minsim" in table
     record = json.loads((board / "records" / "minsim-tiny-s0.json").read_text())
@@ -33,8 +34,11 @@ def test_sweep_writes_records_and_leaderboard_then_reuses_and_guards_runs(tmp_pa
     in_run = json.loads((run / "result.json").read_text())
     assert record["evaluation"].pop("outcomes") == "minsim-tiny-s0.outcomes.npz"  # names its copied outcomes
     assert in_run["evaluation"].pop("outcomes") == "outcomes.npz"
+    assert record["training"].pop("log") == "minsim-tiny-s0.train_log.jsonl"  # and its training curves
     assert record == in_run and record["training"]["epochs"] == 1
     assert (board / "records" / "minsim-tiny-s0.outcomes.npz").read_bytes() == (run / "outcomes.npz").read_bytes()
+    assert ((board / "records" / "minsim-tiny-s0.train_log.jsonl").read_bytes()
+            == (run / "train_log.jsonl").read_bytes())
     canary = json.loads((board / "canary.json").read_text())
     assert sorted(canary["defenses"]) == ["minsim", "none"] and len(canary["environments"]) == 1
     assert sorted(canary["environments"][0]["defenses"]) == ["minsim", "none"] and canary["environments"][0]["attacks"]
