@@ -321,8 +321,8 @@ def convergence(history: list[dict[str, Any]], keys: tuple[str, ...] = ("heldout
     """How much the last quarter of epochs moved each held-out accuracy in ``keys``, and whether every
     change is under ``limit`` points; None without held-out numbers or with fewer than 2 epochs.
 
-    The change is that of the least-squares line through the epoch before the last quarter and the
-    ``window`` epochs of the quarter, from its first epoch to its last: the movement over the last
+    The change is the rise (or fall) over ``window`` epochs of the least-squares line through the epoch
+    before the last quarter and the ``window`` epochs of the quarter: the movement over the last
     quarter, as read from every epoch of it rather than from two, so that one noisy epoch does not decide
     (on a few hundred held-out clips an undefended model's robust accuracy moves by about two points from
     one epoch to the next). With a window of 1 or 2 epochs the line passes through the end points, and

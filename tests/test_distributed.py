@@ -346,10 +346,11 @@ def test_a_ddp_step_is_the_step_of_the_global_batch_when_ranks_hold_unequal_shar
 # -- torchrun ---------------------------------------------------------------------------------------
 
 LAUNCHER = """
-    import dataclasses, os, sys
+    import dataclasses, os, sys, time
     from pathlib import Path
 
     import numpy as np
+    import torch
     import mmrobust
     from mmrobust.datasets.base import Dataset
     from mmrobust.registry import DATASETS, DEFENSES
@@ -365,13 +366,24 @@ LAUNCHER = """
                                        fingerprint=full.fingerprint + "-slice", train_subjects=None)
 
     # Rank 1 dies at the first batch of the second epoch and again at that of the third, once each (a
-    # marker file per epoch says whether it did).
+    # marker file per epoch says whether it did). It waits until rank 0 has checkpointed the epoch before:
+    # dying at once would race that write, and torchrun would stop rank 0 before or after it.
     none = DEFENSES.get("none")
     loss = none.loss
+    checkpoint = Path(sys.argv[sys.argv.index("--run-dir") + 1]) / "checkpoint.pt"
+
+    def checkpointed():
+        try:
+            return torch.load(checkpoint, weights_only=True)["epoch"]
+        except (FileNotFoundError, RuntimeError, EOFError):
+            return 0
 
     def dying(self, model, batch, ctx):
         marker = Path(os.environ["DIE_MARKER"] + f"-{ctx.epoch}")
         if ctx.epoch in (1, 2) and os.environ["RANK"] == "1" and not marker.exists():
+            deadline = time.monotonic() + 300
+            while checkpointed() < ctx.epoch and time.monotonic() < deadline:
+                time.sleep(0.05)
             marker.write_text("died")
             os._exit(9)
         return loss(self, model, batch, ctx)
