@@ -179,9 +179,9 @@ def run_study(name: str, *, dataset: str = "synthetic", preset: str = "tiny", se
     folder = study_folder(out, dataset, split)
     results = []
     for seed in seeds:
-        jobs = _from_scratch_where_needed(study.jobs(base.replace(seed=seed), chosen))
+        jobs = reference_from_scratch(study.jobs(base.replace(seed=seed), chosen))
         _check_keys(jobs)
-        for reference in _warm_start_sources(jobs):
+        for reference in warm_start_sources(jobs):
             train_or_reuse(reference, runs_dir, progress=progress, say=say)
         for job in jobs:
             directory = train_or_reuse(job.config, runs_dir, progress=progress, say=say)
@@ -203,14 +203,14 @@ def run_study(name: str, *, dataset: str = "synthetic", preset: str = "tiny", se
     return paths + write_outputs(study, manifest, folder)
 
 
-def _from_scratch_where_needed(jobs: Sequence[Job]) -> list[Job]:
+def reference_from_scratch(jobs: Sequence[Job]) -> list[Job]:
     """``jobs`` with the reference defense's runs trained from scratch (warm-start begins from them)."""
     reference = reference_defense()
     return [dataclasses.replace(job, config=job.config.replace(recipe="scratch"))
             if job.config.defense == reference else job for job in jobs]
 
 
-def _warm_start_sources(jobs: Sequence[Job]) -> list[RunConfig]:
+def warm_start_sources(jobs: Sequence[Job]) -> list[RunConfig]:
     """The reference runs the warm-started ``jobs`` begin from, each once, in job order."""
     sources: list[RunConfig] = []
     for job in jobs:

@@ -17,8 +17,9 @@ import torch
 from click.testing import CliRunner
 
 from mmrobust.cli import cli
+from mmrobust.config import RunConfig
 from mmrobust.registry import STUDIES
-from mmrobust.study import FOLDER, rerender
+from mmrobust.study import FOLDER, build_study, make_params, reference_from_scratch, rerender, warm_start_sources
 
 COMMITTED = Path(__file__).resolve().parent.parent / "leaderboards" / "synthetic" / FOLDER
 
@@ -194,27 +195,31 @@ def test_committed_study_figures_redraw_identically(name):
     assert rendered["png"] == (COMMITTED / f"{name}.png").read_bytes()
 
 
+def test_under_warm_start_the_reference_trains_from_scratch_and_the_rest_from_it():
+    base = RunConfig(dataset="synthetic", recipe="warm-start", holdout=0.2, seed=3)
+    jobs = reference_from_scratch(build_study("lambda").jobs(base, make_params(build_study("lambda"), {})))
+    assert [(job.config.defense, job.config.recipe) for job in jobs] == [("none", "scratch")] + [("amr", "warm-start")] * 5
+    (source,) = warm_start_sources(jobs)  # one reference for the five λ values
+    assert source == jobs[0].config and (source.holdout, source.seed) == (0.2, 3)
+    assert warm_start_sources(reference_from_scratch(build_study("lambda").jobs(
+        base.replace(recipe="scratch"), make_params(build_study("lambda"), {})))) == []
+
+
 @pytest.mark.slow
 def test_a_study_trains_with_the_sweeps_recipe(tmp_path, one_epoch):
-    """Under warm-start the reference row trains from scratch and the others begin from it; a study whose
-    rows lack the reference trains it first, as no row."""
-    _study(tmp_path, one_epoch, "lambda", "--values", "0.5", "--recipe", "warm-start", "--holdout", "0.2")
+    """amr-weights has no `none` row: under warm-start that reference is trained first, as no row, and
+    the AMR begins from it."""
+    result = _study(tmp_path, one_epoch, "amr-weights", "--recipe", "warm-start", "--holdout", "0.2")
+    assert result.output.index("none seed 0: running") < result.output.index("amr seed 0: running")
     runs = tmp_path / "runs" / one_epoch
     none = json.loads((runs / "none-tiny-s0-holdout0.2" / "result.json").read_text())
-    amr = json.loads((runs / "amr-tiny-s0-lam0.5-warm-start-holdout0.2" / "result.json").read_text())
+    amr = json.loads((runs / "amr-tiny-s0-warm-start-holdout0.2" / "result.json").read_text())
     assert none["config"]["recipe"] == "scratch" and "init_from" not in none["training"]
     assert amr["training"]["init_from"]["run"] == (runs / "none-tiny-s0-holdout0.2").as_posix()
     assert amr["training"]["heldout"]["share"] == 0.2
-    manifest = json.loads(_files(tmp_path, one_epoch, "lambda")[1][".json"].read_text())
+    manifest = json.loads(_files(tmp_path, one_epoch, "amr-weights")[1][".json"].read_text())
     assert (manifest["recipe"], manifest["holdout"]) == ("warm-start", 0.2)
-
-    result = _study(tmp_path, one_epoch, "curves", "--defense", "at-r", "--eps", "4", "--recipe", "warm-start",
-                    "--holdout", "0.2", "--seeds", "1")
-    assert "none seed 1: running" in result.output
-    at_r = json.loads((runs / "at-r-tiny-s1-warm-start-holdout0.2" / "result.json").read_text())
-    assert at_r["training"]["init_from"]["run"] == (runs / "none-tiny-s1-holdout0.2").as_posix()
-    rows = json.loads(_files(tmp_path, one_epoch, "curves")[1][".json"].read_text())["rows"]
-    assert len(rows) == 1 and "none" not in rows[0]["key"]  # the reference is no row of it
+    assert [row["key"] for row in manifest["rows"]] == ["amr"]  # the reference is no row of it
 
 
 @pytest.mark.parametrize("args", [
