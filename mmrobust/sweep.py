@@ -31,7 +31,8 @@ from mmrobust.leaderboard import build_table, load_records, write_leaderboard
 from mmrobust.model import unimodal_modalities
 from mmrobust.registry import DEFENSES
 from mmrobust.results import Record
-from mmrobust.training import TRAIN_LOG as LOG
+from mmrobust.training import TRAIN_LOG as LOG, convergence
+from mmrobust.training_plot import read_log_file
 from mmrobust.protocol import STANDARD_V1, get_protocol
 from mmrobust.run import (RunDirError, check_run_dir, default_run_dir, execute, load_data, record_name, reevaluate,
                           resume_state)
@@ -167,12 +168,16 @@ def publish(record: Record, directory: Path, records_dir: Path) -> Record:
     """Copy a run's record and outcomes to ``records_dir`` as ``<run>.json`` and ``<run>.outcomes.npz``
     (``<run>.<protocol>.json`` and ``<run>.<protocol>.outcomes.npz`` for a protocol other than standard-v1),
     and its training log, when it has one, as ``<run>.train_log.jsonl`` (named by the copy's
-    ``training.log``: the curves behind its convergence); returns the copy."""
+    ``training.log``: the curves behind its convergence, whose verdict the copy gives by the rule as it
+    is now); returns the copy."""
     records_dir.mkdir(parents=True, exist_ok=True)
     stem = directory.name if record.protocol == STANDARD_V1.name else f"{directory.name}.{record.protocol}"
     shutil.copyfile(directory / record.evaluation["outcomes"], records_dir / f"{stem}.outcomes.npz")
     changes: dict[str, Any] = {"evaluation": {**record.evaluation, "outcomes": f"{stem}.outcomes.npz"}}
     if record.training is not None and (directory / LOG).is_file():
         shutil.copyfile(directory / LOG, records_dir / f"{directory.name}.{LOG}")
-        changes["training"] = {**record.training, "log": f"{directory.name}.{LOG}"}
+        training = {**record.training, "log": f"{directory.name}.{LOG}"}
+        if "convergence" in training:
+            training["convergence"] = convergence(read_log_file(directory / LOG))
+        changes["training"] = training
     return record.replace(**changes).save(records_dir / f"{stem}.json")

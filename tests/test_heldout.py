@@ -17,6 +17,7 @@ from mmrobust.leaderboard import build_table, converged, load_records
 from mmrobust.registry import DATASETS
 from mmrobust.results import Record
 from mmrobust.run import heldout_mask, hold_out, prepare
+from mmrobust.sweep import publish
 from mmrobust.training import convergence, train
 
 
@@ -117,6 +118,13 @@ def test_a_run_with_holdout_logs_curves_and_an_unconverged_one_is_flagged(small_
     table = build_table(load_records([run_dir]), small_synthetic_module, protocol=record["protocol"],
                         attack="fgsm")
     assert "unconverged!" in table["flags"].iloc[0]
+
+    # Published, the record carries its curves and their verdict by the rule as it is now, whatever
+    # verdict the run's own record was made with.
+    path.write_text(json.dumps({**record, "training": {**record["training"], "convergence": {"converged": True}}}))
+    copy = publish(Record.load(path), run_dir, tmp_path / "records")
+    assert copy.training["convergence"] == convergence(rows) and copy.training["convergence"]["converged"] is False
+    assert (tmp_path / "records" / copy.training["log"]).read_bytes() == (run_dir / "train_log.jsonl").read_bytes()
 
     plotted = CliRunner().invoke(cli, ["plot-training", "--run-dir", str(run_dir), "--out",
                                        str(tmp_path / "curves.png")])
