@@ -159,6 +159,9 @@ _collective_timeout = click.option(
                    "seed and holdout beside the run directory (run it first).")
 @click.option("--eval-batch-size", default=64, show_default=True, type=click.IntRange(min=1),
               help="Samples attacked together.")
+@click.option("--test-subset", default=0, show_default=True, type=click.IntRange(min=0), metavar="PER_CLASS",
+              help="Score this many test clips per class, a fixed class-stratified choice that depends on the data "
+                   "alone (0: all); for protocols too costly for every clip. The record lists the clips.")
 @click.option("--amp", is_flag=True, default=False,
               help="Train under bf16 autocast (GPUs; another model, recorded as such). Evaluation stays fp32.")
 @click.option("--grad-checkpoint", is_flag=True, default=False,
@@ -263,8 +266,11 @@ def _starting_point(config: RunConfig, explicit: dict[str, Any], directory: Path
 def _report(record: Record) -> None:
     from mmrobust.leaderboard import record_table
 
+    clips = f"{record.data['test_size']} test clips"
+    if record.test_subset:
+        clips = f"{record.metrics['n']} of the {clips} ({record.test_subset} per class)"
     click.echo(f"{record.dataset} / {record.defense} / {record.preset} ({'+'.join(record.modalities)}), "
-               f"{record.protocol}, {record.data['test_size']} test clips: "
+               f"{record.protocol}, {clips}: "
                f"clean accuracy {record.metrics['clean']:.2f}%")
     click.echo(record_table(record))
     if record.path is not None and record.protocol != "standard-v1":
@@ -306,10 +312,13 @@ def _beside_standard(record: "Record") -> str:
 @click.option("--attacks", default=None, metavar="A[,A]", help="Attacks to run, e.g. pgd20 or fgsm,ta:APGD.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [default: the run's].")
 @click.option("--eval-batch-size", default=None, type=click.IntRange(min=1))
+@click.option("--test-subset", default=None, type=click.IntRange(min=0), metavar="PER_CLASS",
+              help="Score this many test clips per class, a fixed class-stratified choice that depends on the data "
+                   "alone (0: all) [default: the run's]; for protocols too costly for every clip.")
 @_collective_timeout
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_(run_dir: str, protocol: str | None, eps: str | None, attacks: str | None, device: str | None,
-          eval_batch_size: int | None, collective_timeout: float, quiet: bool) -> None:
+          eval_batch_size: int | None, test_subset: int | None, collective_timeout: float, quiet: bool) -> None:
     """Evaluate a trained run again, without retraining.
 
     With the default settings the record is DIR/result.json; under another
@@ -329,6 +338,7 @@ def eval_(run_dir: str, protocol: str | None, eps: str | None, attacks: str | No
     Examples:
       mmrobust eval --run-dir runs/synthetic/none-tiny-s0
       mmrobust eval --run-dir runs/synthetic/amr-tiny-s0 --protocol strong-v1
+      mmrobust eval --run-dir runs/synthetic/amr-tiny-s0 --protocol strong-v1 --test-subset 15
       mmrobust eval --run-dir runs/synthetic/none-tiny-s0 --eps 4/255 --attacks pgd20
       torchrun --nproc-per-node 8 -m mmrobust eval --run-dir runs/ntu60-xsub/amr-paper-s0
     """
@@ -339,7 +349,8 @@ def eval_(run_dir: str, protocol: str | None, eps: str | None, attacks: str | No
     team = join(device or run_device(directory), collective_timeout)
     try:
         record = reevaluate(directory, protocol=protocol, eps=_eps_option(eps), attacks=_names_option(attacks),
-                            device=device, batch_size=eval_batch_size, progress=not quiet, team=team)
+                            device=device, batch_size=eval_batch_size, test_subset=test_subset,
+                            progress=not quiet, team=team)
         if team.main:
             _report(record)
     finally:
@@ -642,6 +653,9 @@ def leaderboard(dataset: str | None, protocol: str, attack: str, fmt: str, sourc
               help="Leaderboard folder; the records behind it are copied to <out>/<dataset>/records/.")
 @click.option("--protocols", default=None, metavar="P[,P]",
               help="Protocols to evaluate under besides standard-v1, e.g. strong-v1 (each gets its table).")
+@click.option("--test-subset", default=0, show_default=True, type=click.IntRange(min=0), metavar="PER_CLASS",
+              help="Test clips per class that the --protocols evaluations score, a fixed class-stratified choice "
+                   "(0: all); standard-v1 always scores every clip.")
 @click.option("--recipe", default="scratch", show_default=True, type=click.Choice(list(RECIPES)),
               help="Training recipe of every defense but the reference, which trains from scratch first.")
 @click.option("--holdout", default=0.0, show_default=True, type=click.FloatRange(0, 0.5),
@@ -649,8 +663,8 @@ def leaderboard(dataset: str | None, protocol: str, attack: str, fmt: str, sourc
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.argument("more_seeds", nargs=-1, type=int, metavar="")
 def sweep(dataset: str, defenses: str | None, preset: str, seeds_option: str | None, seed: int | None,
-          device: str, runs_dir: str, out: str, protocols: str | None, recipe: str, holdout: float, quiet: bool,
-          more_seeds: tuple[int, ...]) -> None:
+          device: str, runs_dir: str, out: str, protocols: str | None, test_subset: int, recipe: str,
+          holdout: float, quiet: bool, more_seeds: tuple[int, ...]) -> None:
     """Run every defense on one dataset, then write its leaderboard with the records behind it.
 
     Each training seed is a full set of runs (runs/<dataset>/<defense>-<preset>-s<seed>);
@@ -670,6 +684,7 @@ def sweep(dataset: str, defenses: str | None, preset: str, seeds_option: str | N
       mmrobust sweep --dataset synthetic
       mmrobust sweep --dataset synthetic --seeds 0 1 2
       mmrobust sweep --dataset synthetic --protocols strong-v1
+      mmrobust sweep --dataset synthetic --seeds 0 --protocols strong-v1 --test-subset 15
     """
     _one_process("sweep")
     from mmrobust.leaderboard import render
@@ -678,7 +693,7 @@ def sweep(dataset: str, defenses: str | None, preset: str, seeds_option: str | N
     seeds = _seeds(seeds_option, seed, more_seeds)
     table = run_sweep(dataset, _names_option(defenses) or (), preset=preset, seeds=seeds, device=device,
                       runs_dir=Path(runs_dir), out=Path(out), protocols=_names_option(protocols) or (),
-                      recipe=recipe, holdout=holdout, progress=not quiet,
+                      test_subset=test_subset, recipe=recipe, holdout=holdout, progress=not quiet,
                       say=lambda line: click.echo(line, err=True))
     click.echo(render(table, "md"))
 

@@ -47,6 +47,11 @@ class RunConfig:
         protocol: evaluation protocol; ``eps`` and ``attacks`` change its
             settings (and so its name: such results are never ranked with it).
         eval_batch_size: samples attacked together.
+        test_subset: evaluate this many test clips per class instead of the
+            whole test split (0): a fixed, class-stratified choice that depends
+            on the data alone (:func:`mmrobust.run.stratified_subset`), for
+            protocols too costly for every clip. The record names the clips,
+            and its intervals widen with the smaller sample.
         holdout: share of the training subjects (of the training samples,
             where the dataset names no subjects) kept out of training and
             scored after every epoch: clean accuracy and robust accuracy
@@ -91,6 +96,7 @@ class RunConfig:
     eps: float | None = None
     attacks: tuple[str, ...] = ()
     eval_batch_size: int = 64
+    test_subset: int = 0
     holdout: float = 0.0
     holdout_steps: int = 10
     recipe: str = "scratch"
@@ -104,6 +110,7 @@ class RunConfig:
         if self.epochs is not None:
             check_number("epochs", self.epochs, 1, integer=True)
         check_number("lr", self.lr, 0.0, low_open=True)
+        check_number("test_subset", self.test_subset, 0, integer=True)
         check_number("holdout", self.holdout, 0.0, 0.5)
         check_number("holdout_steps", self.holdout_steps, 1, integer=True)
         if self.recipe not in RECIPES:

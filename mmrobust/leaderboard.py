@@ -271,8 +271,20 @@ def _record_values(record: Record, attack: str, reference: Record | None, codes:
     values["Worst Avg"] = _value((metrics.get("attacks") or {}).get(WORST), "avg")
     if strong is not None:
         values[STRONG_AVG] = _value((strong.metrics.get("attacks") or {}).get(WORST), "avg")
-        values[KEPT] = 100 * values[STRONG_AVG] / values["Avg"] if values["Avg"] > 0 else np.nan
+        avg = _avg_on(record, strong.test_indices(), attack, codes) if strong.test_subset else values["Avg"]
+        values[KEPT] = 100 * values[STRONG_AVG] / avg if avg > 0 else np.nan
     return values
+
+
+def _avg_on(record: Record, indices: np.ndarray, attack: str, codes: list[str]) -> float:
+    """A whole-split record's Avg on the test samples ``indices`` (those its strong-v1 twin scored), from its
+    per-sample outcomes; NaN without them."""
+    if record.test_subset:
+        return np.nan
+    scores = sample_scores(record, attack, codes)
+    if scores is None or len(scores["avg"]) <= int(indices.max(initial=-1)):
+        return np.nan
+    return 100.0 * float(scores["avg"][indices].mean())
 
 
 def sample_scores(record: Record, attack: str, codes: list[str]) -> dict[str, np.ndarray] | None:
@@ -484,12 +496,25 @@ def model_rows(records: Iterable[Record], dataset: str, protocol: str = "standar
                          "under the same protocol name")
     codes = target_codes(chosen)
     twins = {id(r): _strong_twin(r, records) for r in chosen} if protocol == STANDARD else {}
+    footnotes += _subset_notes(chosen, [twin for twin in twins.values() if twin is not None])
     groups: dict[tuple, list[Record]] = {}
-    for record in chosen:  # one row per model over its seeds (records of other data never share a row)
-        groups.setdefault((*_identity(record)[:5], record.fingerprint), []).append(record)
+    for record in chosen:  # one row per model over its seeds (records of other data or clips never share a row)
+        groups.setdefault((*_identity(record)[:5], record.fingerprint, record.test_subset), []).append(record)
     rows = sorted((_Row(group, attack, chosen, common_settings, codes, twins) for group in groups.values()),
                   key=_Row.rank_key)
     return rows, codes, footnotes
+
+
+def _subset_notes(records: list[Record], twins: list[Record]) -> list[str]:
+    """Footnotes naming the records (and strong-v1 twins) that scored a subset of the test clips."""
+    notes = []
+    for found, what in ((records, "these records"), (twins, f"the {STRONG} records behind {STRONG_AVG}")):
+        sizes = sorted({(r.test_subset, r.evaluation["test_subset"].get("size"), r.evaluation["test_subset"].get("of"))
+                        for r in found if r.test_subset})
+        for per_class, size, of in sizes:
+            notes.append(f"{what}: {size} of the {of} test clips ({per_class} per class, a fixed class-stratified "
+                         "choice)" + (f"; {KEPT} compares with Avg on the same clips" if found is twins else ""))
+    return notes
 
 
 def build_table(records: Iterable[Record], dataset: str, protocol: str = "standard-v1",

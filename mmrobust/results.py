@@ -86,9 +86,19 @@ class Record:
 
     def reference_key(self) -> tuple:
         """What a record and its RI reference share: dataset, split, preset, modalities,
-        protocol, data fingerprint and training seed."""
+        protocol, data fingerprint, training seed and the test clips scored."""
         return (self.dataset, self.split, self.preset, tuple(self.modalities), self.protocol, self.fingerprint,
-                self.seed)
+                self.seed, self.test_subset)
+
+    @property
+    def test_subset(self) -> int:
+        """Test clips per class the record scored (:func:`mmrobust.run.stratified_subset`); 0: the whole split."""
+        return int((self.evaluation.get("test_subset") or {}).get("per_class", 0))
+
+    def test_indices(self) -> np.ndarray | None:
+        """The indices in the test split of the samples scored, in outcome order; None: all of them."""
+        subset = self.evaluation.get("test_subset")
+        return None if not subset else np.asarray(subset["indices"], dtype=np.int64)
 
     @property
     def source(self) -> str:

@@ -195,6 +195,8 @@ def execute(config: RunConfig, run_dir: Path, *, resume: dict[str, Any] | None =
     config = exp.config
     for setting in protocol.attacks:  # before training
         setting.build().check_classes(exp.data.num_classes)
+    if config.test_subset:
+        stratified_subset(exp.data.test.labels, config.test_subset)  # a subset too large fails before training
     if resume is not None:
         check_resume_state(resume, run_dir / "checkpoint.pt", config.epochs)
     with holding(run_dir, fresh=resume is None, team=team):
@@ -267,6 +269,30 @@ def hold_out(data: DatasetBundle, share: float) -> tuple[Split, Split | None]:
     return data.train.take(np.flatnonzero(~held)), data.train.take(np.flatnonzero(held))
 
 
+TEST_SUBSET_SEED = 0  # like the held-out subjects, the test subset depends on the data alone
+
+
+def stratified_subset(labels: np.ndarray, per_class: int) -> np.ndarray:
+    """The sorted indices of ``per_class`` test samples of every class: the first of each class in a
+    permutation seeded by the split's size, so that every model of the same data is scored on the same
+    samples, and a larger subset holds a smaller one.
+
+    Raises:
+        ValueError: a class has fewer than ``per_class`` samples.
+    """
+    labels = np.asarray(labels)
+    classes, counts = np.unique(labels, return_counts=True)
+    if per_class > counts.min():
+        raise ValueError(f"test_subset {per_class} clips per class, but class {int(classes[counts.argmin()])} has "
+                         f"{int(counts.min())} test clips; use at most {int(counts.min())}, or 0 for all")
+    order = np.random.default_rng([TEST_SUBSET_SEED, len(labels)]).permutation(len(labels))
+    rank = np.empty(len(labels), dtype=np.int64)  # a sample's place among its class in that order
+    for label in classes:
+        members = order[labels[order] == label]
+        rank[members] = np.arange(len(members))
+    return np.flatnonzero(rank < per_class)
+
+
 def heldout_validation(heldout: Split, config: RunConfig, protocol: Protocol,
                        exp: Experiment) -> Callable[[torch.nn.Module], dict[str, float]]:
     """Clean accuracy and PGD robust accuracy on every attack target of the held-out split, in percent."""
@@ -296,7 +322,15 @@ def evaluate_experiment(exp: Experiment, run_dir: Path, protocol: Protocol, *, t
     config = exp.config
     suffix = "" if protocol.name == STANDARD_V1.name else f"-{protocol.name}"
     outcomes = f"outcomes{suffix}.npz"
-    key = outcome_key(exp.model, protocol, exp.data.fingerprint, len(exp.data.test), exp.device, exp.numerics)
+    test, subset = exp.data.test, None
+    if config.test_subset:
+        indices = stratified_subset(test.labels, config.test_subset)
+        test = test.take(indices)
+        subset = {"per_class": config.test_subset, "size": len(indices), "of": len(exp.data.test),
+                  "indices": indices.tolist()}
+    key = outcome_key(exp.model, protocol, exp.data.fingerprint, len(test), exp.device, exp.numerics)
+    if subset is not None:
+        key["test_subset"] = config.test_subset
     store = OutcomeStore(run_dir / outcomes, key) if exp.team.main else None  # rank 0 shares what it holds
     if protocol.adaptive:
         views = adaptive_views(exp.defense, exp.model)
@@ -304,7 +338,7 @@ def evaluate_experiment(exp: Experiment, run_dir: Path, protocol: Protocol, *, t
         also_attacked = {"views": views, "transfer": transfer}
     else:
         also_attacked, transfer_run = {"surrogate": exp.defense.surrogate(exp.model)}, None
-    evaluation = evaluate(exp.model, exp.data.test, protocol, modalities=config.modalities,
+    evaluation = evaluate(exp.model, test, protocol, modalities=config.modalities,
                           batch_size=config.eval_batch_size, device=exp.device, store=store, codes=exp.data.codes,
                           padding=exp.data.padding, progress=progress, team=exp.team, **also_attacked)
     metrics = robust_metrics(evaluation.clean, evaluation.robust)
@@ -323,7 +357,7 @@ def evaluate_experiment(exp: Experiment, run_dir: Path, protocol: Protocol, *, t
         flags=flags,
         evaluation={"outcomes": outcomes, "model_digest": key["model"], "batch_size": config.eval_batch_size,
                     "disagreements": evaluation.disagreements, **evaluation.cost, "cells": evaluation.cells,
-                    "pinned": evaluation.pinned},
+                    "pinned": evaluation.pinned, **({"test_subset": subset} if subset else {})},
         data={"fingerprint": exp.data.fingerprint, "train_size": len(exp.data.train),
               "test_size": len(exp.data.test), "num_classes": exp.data.num_classes,
               "skeleton_scale": exp.data.skeleton_scale, "skeleton_unit": exp.data.skeleton_unit},
@@ -446,18 +480,22 @@ def load_trained(run_dir: Path, team: Team = SOLO, **changes: Any) -> Experiment
 
 def reevaluate(run_dir: Path, *, protocol: str | None = None, eps: float | None = None,
                attacks: tuple[str, ...] | None = None, device: str | None = None, batch_size: int | None = None,
-               progress: bool = True, team: Team = SOLO) -> Record:
+               test_subset: int | None = None, progress: bool = True, team: Team = SOLO) -> Record:
     """Evaluate a trained run again without retraining (``mmrobust eval``), under its own protocol or
-    ``protocol``; under several processes (``team``) each rank attacks its share and rank 0 writes."""
+    ``protocol``, on the run's test clips or ``test_subset`` per class (0: all); under several processes
+    (``team``) each rank attacks its share and rank 0 writes."""
     started = time.perf_counter()
     if protocol is not None:
         get_protocol(protocol)  # an unknown name fails before the model is loaded
-    exp = load_trained(run_dir, team, eps=eps, attacks=attacks, device=device, eval_batch_size=batch_size)
+    exp = load_trained(run_dir, team, eps=eps, attacks=attacks, device=device, eval_batch_size=batch_size,
+                       test_subset=test_subset)
     if protocol is not None:  # another protocol: the run's own ε and attack list do not carry over
         exp.config = exp.config.replace(protocol=protocol, eps=eps, attacks=attacks or ())
     protocol = get_protocol(exp.config.protocol, eps=exp.config.eps, attacks=exp.config.attacks)
     for setting in protocol.attacks:
         setting.build().check_classes(exp.data.num_classes)
+    if exp.config.test_subset:
+        stratified_subset(exp.data.test.labels, exp.config.test_subset)  # before the lock is taken
     check_record_free(run_dir / record_name(protocol.name))
     training = _training_summary(run_dir)
     with holding(run_dir, fresh=False, team=team):

@@ -30,7 +30,7 @@ from mmrobust.claims import write_claims
 from mmrobust.leaderboard import build_table, load_records, write_leaderboard
 from mmrobust.model import unimodal_modalities
 from mmrobust.registry import DEFENSES
-from mmrobust.results import Record
+from mmrobust.results import Record, RecordError
 from mmrobust.training import TRAIN_LOG as LOG, convergence
 from mmrobust.training_plot import read_log_file
 from mmrobust.protocol import STANDARD_V1, get_protocol
@@ -40,7 +40,8 @@ from mmrobust.run import (RunDirError, check_run_dir, default_run_dir, execute, 
 
 def sweep(dataset: str, defenses: Sequence[str] = (), *, preset: str = "tiny", seeds: Sequence[int] = (0,),
           device: str = "auto", runs_dir: Path = Path("runs"), out: Path = Path("leaderboards"),
-          protocols: Sequence[str] = (), recipe: str = "scratch", holdout: float = 0.0, progress: bool = True,
+          protocols: Sequence[str] = (), test_subset: int = 0, recipe: str = "scratch", holdout: float = 0.0,
+          progress: bool = True,
           claims: bool = True, say: Callable[[str], None] = print) -> pd.DataFrame:
     """Run (or reuse, or resume) every defense in ``defenses`` (default: all registered) for every training
     seed in ``seeds`` and write the leaderboard.
@@ -48,7 +49,8 @@ def sweep(dataset: str, defenses: Sequence[str] = (), *, preset: str = "tiny", s
     Every run is evaluated under standard-v1, then under each of ``protocols``
     (``strong-v1``, say: after every defense of that seed is trained, so that
     it can use the undefended model as a transfer source); each protocol gets
-    its table, one row per defense over its seeds. ``recipe`` and ``holdout``
+    its table, one row per defense over its seeds, on ``test_subset`` test clips
+    per class (0: all; standard-v1 always scores all). ``recipe`` and ``holdout``
     are :class:`~mmrobust.config.RunConfig`'s; the reference defense always
     trains from scratch, first, since ``warm-start`` begins from its weights.
     With ``claims``, the AMR
@@ -86,10 +88,11 @@ def sweep(dataset: str, defenses: Sequence[str] = (), *, preset: str = "tiny", s
         for protocol in extra:
             for name in names:
                 directory = runs_dir / default_run_dir(configured(name, seed)).relative_to("runs")
-                if not (directory / record_name(protocol)).is_file():
+                if _subset_of(directory / record_name(protocol)) != test_subset:
                     started = time.perf_counter()
-                    say(f"{name} seed {seed}: evaluating under {protocol}")
-                    reevaluate(directory, protocol=protocol, progress=progress)
+                    say(f"{name} seed {seed}: evaluating under {protocol}"
+                        + (f" on {test_subset} test clips per class" if test_subset else ""))
+                    reevaluate(directory, protocol=protocol, test_subset=test_subset, progress=progress)
                     say(f"{name} seed {seed}: {protocol} done in {time.perf_counter() - started:.0f} s")
                 publish(Record.load(directory / record_name(protocol)), directory, records_dir)
     records = load_records([records_dir])
@@ -103,6 +106,14 @@ def sweep(dataset: str, defenses: Sequence[str] = (), *, preset: str = "tiny", s
     say("canaries: short exact runs of every defense, checked by the tests against these records")
     canary.write(out / dataset, names, dataset, preset)
     return table
+
+
+def _subset_of(path: Path) -> int | None:
+    """The test clips per class a record scored (0: all), None when there is no readable record."""
+    try:
+        return int((Record.load(path).evaluation.get("test_subset") or {}).get("per_class", 0))
+    except (RecordError, OSError):
+        return None
 
 
 def train_or_reuse(config: RunConfig, runs_dir: Path, *, progress: bool = True,
@@ -151,7 +162,8 @@ def _refuse_another(directory: Path, what: str, stored: dict, wanted: RunConfig,
 
 
 #: Settings that say where or how fast a run is made, or how it is evaluated, not which model it trains.
-_NOT_THE_MODEL = ("device", "root", "data_dir", "eval_batch_size", "protocol", "eps", "attacks", "grad_checkpoint")
+_NOT_THE_MODEL = ("device", "root", "data_dir", "eval_batch_size", "protocol", "eps", "attacks", "test_subset",
+                  "grad_checkpoint")
 
 
 def _differences(stored: RunConfig, wanted: RunConfig) -> str:

@@ -296,12 +296,29 @@ def test_sweep_evaluates_under_strong_v1_with_transfer_and_tables_both_protocols
     from click.testing import CliRunner
 
     from mmrobust.cli import cli
+    from mmrobust.leaderboard import build_table, load_records, sample_scores
+    from mmrobust.results import Record
 
     args = ["sweep", "--dataset", one_epoch_dataset, "--defenses", "none,exfmem", "--device", "cpu", "--quiet",
-            "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "boards"), "--protocols", "strong-v1"]
+            "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "boards"), "--protocols", "strong-v1",
+            "--test-subset", "2"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     board = tmp_path / "boards" / one_epoch_dataset
+
+    # strong-v1 scored 2 clips of each class; Kept % sets its Avg against standard-v1's on the same clips
+    standard = Record.load(board / "records" / "exfmem-tiny-s0.json")
+    strong = Record.load(board / "records" / "exfmem-tiny-s0.strong-v1.json")
+    classes, size = standard.data["num_classes"], standard.metrics["n"]
+    indices = strong.test_indices()
+    assert strong.metrics["n"] == len(indices) == 2 * classes and strong.evaluation["test_subset"]["of"] == size
+    labels = standard.outcomes()["labels"]
+    assert np.array_equal(strong.outcomes()["labels"], labels[indices])
+    assert np.array_equal(np.bincount(labels[indices], minlength=classes), np.full(classes, 2))
+    on_subset = 100 * sample_scores(standard, "pgd20", ["R", "S", "RS"])["avg"][indices].mean()
+    row = build_table(load_records([board / "records"]), one_epoch_dataset).set_index("defense").loc["exfmem"]
+    assert row["Kept %"] == pytest.approx(100 * strong.metrics["attacks"]["worst"]["avg"] / on_subset)
+    assert f"{2 * classes} of the {size} test clips (2 per class" in (board / "standard-v1.md").read_text()
     assert {"exfmem-tiny-s0.strong-v1.json", "exfmem-tiny-s0.strong-v1.outcomes.npz",
             "none-tiny-s0.strong-v1.json"} <= {p.name for p in (board / "records").iterdir()}
     record = json.loads((board / "records" / "exfmem-tiny-s0.strong-v1.json").read_text())
@@ -324,8 +341,10 @@ def test_sweep_evaluates_under_strong_v1_with_transfer_and_tables_both_protocols
 
     # eval prints the worst case of both protocols; the record is rewritten from the stored outcomes
     again = CliRunner().invoke(cli, ["eval", "--run-dir", str(run / "exfmem-tiny-s0"), "--protocol", "strong-v1",
-                                     "--quiet"])
+                                     "--test-subset", "2", "--quiet"])
     assert again.exit_code == 0, again.output
+    rewritten = Record.load(run / "exfmem-tiny-s0" / "result-strong-v1.json")
+    assert rewritten.metrics == strong.metrics and np.array_equal(rewritten.test_indices(), indices)
     assert "worst case, standard-v1 -> strong-v1: ✗R" in again.output and "attack-failure indicators" in again.output
     wrong = CliRunner().invoke(cli, ["eval", "--run-dir", str(run / "exfmem-tiny-s0"), "--protocol", "strong-v2"])
     assert wrong.exit_code != 0 and "did you mean 'strong-v1'" in wrong.output
@@ -340,3 +359,16 @@ def test_a_flagged_record_is_shown_as_such():
                     flags={"indicators": {**{k: True for k in INDICATORS}, "black_box_not_better": False}})
     assert "attack-failure!(black_box_not_better)" in _flags(record, None)
     assert "ATTACK FAILURE indicated (black_box_not_better)" in record_table(record)
+
+
+def test_the_test_subset_is_stratified_fixed_and_nested():
+    from mmrobust.run import stratified_subset
+
+    labels = np.random.default_rng(3).permutation(np.repeat(np.arange(6), 10))
+    chosen = stratified_subset(labels, 4)
+    assert np.array_equal(np.bincount(labels[chosen]), np.full(6, 4)) and np.all(np.diff(chosen) > 0)
+    assert np.array_equal(stratified_subset(labels.copy(), 4), chosen)           # the data alone decides
+    assert set(stratified_subset(labels, 2)) < set(chosen) < set(stratified_subset(labels, 9))
+    assert len(stratified_subset(labels, 10)) == len(labels)
+    with pytest.raises(ValueError, match="at most 10, or 0 for all"):
+        stratified_subset(labels, 11)
