@@ -20,7 +20,7 @@ import json
 import os
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -189,24 +189,47 @@ def _flags(record: Record, common_settings: str | None) -> str:
         marks.append(f"attack-failure!({','.join(tripped)})")
     if common_settings is not None and _settings_key(record) != common_settings:
         marks.append("settings!")
-    if converged(record) is False:
-        marks.append("unconverged!")
     return " ".join(marks)
+
+
+def _published_log(record: Record) -> list[dict[str, Any]] | None:
+    """The training log a sweep published beside the record (``training.log``), None without one."""
+    log = (record.training or {}).get("log")
+    if not log or record.path is None or not (record.path.parent / log).is_file():
+        return None
+    from mmrobust.training_plot import read_log_file
+
+    return read_log_file(record.path.parent / log)
 
 
 def converged(record: Record) -> bool | None:
     """Whether the record's training met the convergence rule (:func:`mmrobust.training.convergence`); None
     when it was not measured. The training log a sweep publishes beside the record (``training.log``) is
     judged by the rule as it is now; without one, the verdict the record was made with stands."""
-    training = record.training or {}
-    log = training.get("log")
-    if log and record.path is not None and (record.path.parent / log).is_file():
+    rows = _published_log(record)
+    if rows is not None:
         from mmrobust.training import convergence
-        from mmrobust.training_plot import read_log_file
 
-        found = convergence(read_log_file(record.path.parent / log))
+        found = convergence(rows)
         return None if found is None else found["converged"]
-    return (training.get("convergence") or {}).get("converged")
+    return ((record.training or {}).get("convergence") or {}).get("converged")
+
+
+def recipe_converged(records: Sequence[Record]) -> bool | None:
+    """Whether the recipe of a row's records (one model over its training seeds) met the convergence rule:
+    judged on the mean of their published curves (:func:`mmrobust.training.recipe_convergence`); where a
+    record has none, each record's own verdict (:func:`converged`), any failure failing the recipe."""
+    logs = [_published_log(record) for record in records]
+    if records and all(rows is not None for rows in logs):
+        from mmrobust.training import recipe_convergence
+
+        found = recipe_convergence(logs)
+        if found is not None:
+            return found["converged"]
+    verdicts = [converged(record) for record in records]
+    if any(verdict is False for verdict in verdicts):
+        return False
+    return True if verdicts and all(verdict is True for verdict in verdicts) else None
 
 
 def _settings_key(record: Record) -> str:
@@ -390,6 +413,8 @@ class _Row:
             having = [seed for seed, flags in zip(self.seeds, per_record, strict=True) if mark in flags]
             marks.append(mark if len(having) == len(self.seeds) else
                          f"{mark}[seed {','.join(map(str, having))}]")
+        if recipe_converged(self.records) is False:
+            marks.append("unconverged!")
         return " ".join(marks)
 
     def summary(self, column: str) -> stats.Summary | None:

@@ -18,7 +18,7 @@ from mmrobust.registry import DATASETS
 from mmrobust.results import Record
 from mmrobust.run import heldout_mask, hold_out, prepare
 from mmrobust.sweep import publish
-from mmrobust.training import convergence, train
+from mmrobust.training import convergence, recipe_convergence, train
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +162,54 @@ def test_a_published_training_log_is_judged_by_the_rule_as_it_is_now(tmp_path):
     assert converged(Record.load(tmp_path / "logged.json")) is False
     assert converged(Record.load(tmp_path / "unlogged.json")) is True
     assert converged(Record.load(committed / "none-tiny-s0.json")) is None  # trained without a held-out part
+
+
+def _seed_records(tmp_path: Path, curves: list[list[float]]) -> list[Record]:
+    """The committed none-tiny-s0 record once per training seed, each with ``curves[seed]`` published as its
+    held-out robust Avg (clean flat)."""
+    committed = Path(__file__).resolve().parent.parent / "leaderboards" / "synthetic" / "records"
+    record = json.loads((committed / "none-tiny-s0.json").read_text())
+    folder = tmp_path / "records"
+    folder.mkdir()
+    for seed, robust in enumerate(curves):
+        log = f"s{seed}.train_log.jsonl"
+        (folder / log).write_text("".join(json.dumps({"epoch": i, "loss": 1.0, "heldout_clean": 90.0,
+                                                        "heldout_avg": value}) + "\n"
+                                            for i, value in enumerate(robust)))
+        (folder / f"none-tiny-s{seed}.json").write_text(json.dumps({
+            **record, "config": {**record["config"], "seed": seed},
+            "provenance": {**record["provenance"], "seed": seed},
+            "evaluation": {**record["evaluation"], "outcomes": None},
+            "training": {**record["training"], "log": log}}))
+    return load_records([folder])
+
+
+FLAT = [0, 20, 28, 30] + [31.0] * 12
+NOISY = [0, 20, 28, 30] + [31.0] * 8 + [30.5, 31.0, 31.5, 32.5]      # +1.6 by its line: noise of one seed
+RISING = [0, 20, 28, 30] + [31.0] * 8 + [31.0, 31.5, 32.0, 32.5]     # +1.6: a recipe still learning
+
+
+@pytest.mark.parametrize(("curves", "flagged"), [
+    ([FLAT, FLAT, NOISY], False),       # one seed's trend over the line, the recipe's (+0.53) under it
+    ([RISING, RISING, NOISY], True),    # every seed rising: the recipe has not converged
+    ([NOISY], True),                    # one seed is the recipe
+])
+def test_a_recipe_is_judged_on_the_mean_curve_of_its_seeds(tmp_path, curves, flagged):
+    records = _seed_records(tmp_path, curves)
+    assert [converged(r) for r in sorted(records, key=lambda r: r.seed)] == [
+        convergence([{"heldout_clean": 90.0, "heldout_avg": v} for v in c])["converged"] for c in curves]
+    found = recipe_convergence([[{"heldout_clean": 90.0, "heldout_avg": v} for v in c] for c in curves])
+    assert found["seeds"] == len(curves) and found["converged"] is not flagged
+    assert found["changes"]["heldout_avg"] == pytest.approx(np.mean(
+        [convergence([{"heldout_clean": 90.0, "heldout_avg": v} for v in c])["changes"]["heldout_avg"]
+         for c in curves]))
+    (row,) = build_table(records, "synthetic").to_dict("records")[:1]
+    assert row["seeds"] == ",".join(str(seed) for seed in range(len(curves)))
+    assert ("unconverged!" in row["flags"]) is flagged
+
+
+def test_runs_of_different_lengths_are_not_averaged():
+    short = [{"heldout_clean": 90.0, "heldout_avg": v} for v in FLAT[:8]]
+    assert recipe_convergence([short, [{"heldout_clean": 90.0, "heldout_avg": v} for v in FLAT]]) is None
+    assert recipe_convergence([[{"heldout_clean": 90.0}] * 16]) is None
+
