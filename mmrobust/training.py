@@ -346,8 +346,8 @@ def recipe_convergence(histories: Sequence[list[dict[str, Any]]],
     """:func:`convergence` of a recipe: of the mean curve, epoch by epoch, over the runs of its training
     seeds (``seeds`` says how many); None when a run lacks held-out numbers or the runs differ in length.
 
-    The rule is about the recipe, and one run's curve carries its own noise besides: on a few hundred
-    held-out clips a trend moves by about a point with nothing left to learn. The mean of n seeds keeps
+    The rule is about the recipe, and one run's curve carries its own noise besides, from a few hundred
+    held-out clips and the last updates of its weights and BatchNorm statistics. The mean of n seeds keeps
     what every seed shares, a recipe still rising, and averages the rest down by √n. With one run it is
     that run's verdict.
     """
