@@ -309,7 +309,7 @@ def evaluate(model: nn.Module, data: Split, protocol: Protocol = STANDARD_V1, *,
              views: Mapping[str, nn.Module] | None = None, transfer: nn.Module | None = None,
              store: Outcomes | None = None, codes: Mapping[str, str] | None = None,
              padding: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
-             progress: bool = False, team: Team = SOLO) -> Evaluation:
+             sample_ids: np.ndarray | None = None, progress: bool = False, team: Team = SOLO) -> Evaluation:
     """Run ``protocol`` on every sample of ``data``.
 
     Args:
@@ -338,6 +338,10 @@ def evaluate(model: nn.Module, data: Split, protocol: Protocol = STANDARD_V1, *,
         padding: per modality, the rule that marks entries holding no input
             (``DatasetBundle.padding``); attacks see them pinned to their clean
             values.
+        sample_ids: each sample's index in the split it was taken from (a
+            test subset), which seeds its random starts in place of its
+            position in ``data``: a sample's outcomes are then those the whole
+            split gives it.
         team: the processes sharing the work (:mod:`mmrobust.distributed`).
             Each batch of the clean pass and each chunk of an attack goes to
             one rank, with the composition it has in a single process; the
@@ -362,6 +366,9 @@ def evaluate(model: nn.Module, data: Split, protocol: Protocol = STANDARD_V1, *,
     padding = {m: rule for m, rule in (padding or {}).items() if m in modalities}
     if team.size > len(data):
         raise ValueError(f"{team.size} processes for {len(data)} test samples: start at most {len(data)}")
+    ids = np.arange(len(data)) if sample_ids is None else np.asarray(sample_ids, dtype=np.int64)
+    if ids.shape != (len(data),):
+        raise ValueError(f"{len(ids)} sample ids for {len(data)} samples")
     store = {} if store is None else store
     if team.size > 1:  # every rank skips the cells rank 0's store holds: rank 0's copy, on every rank
         copy = team.broadcast(dict(store) if team.main else None)
@@ -393,7 +400,7 @@ def evaluate(model: nn.Module, data: Split, protocol: Protocol = STANDARD_V1, *,
                     if outcome is None:
                         candidates = tally.candidates(code)
                         outcome = _attack_cell(model, modules[cell.against], cell, surrogate, members, data,
-                                               candidates, modalities, protocol, clean_logits, surrogate_logits,
+                                               candidates, ids, modalities, protocol, clean_logits, surrogate_logits,
                                                batch_size, device, padding, bar, team)
                         _keep(store, key, outcome)
                         bar.update(len(data) - len(candidates))  # the attacked ones were counted as they went
@@ -544,11 +551,12 @@ def _indicators(evaluation: Evaluation, cells: Sequence[Cell], diagnosis: Mappin
     }
 
 
-def _attack_cell(model, attacked, cell, surrogate, targets, data, candidates, modalities, protocol, clean_logits,
+def _attack_cell(model, attacked, cell, surrogate, targets, data, candidates, ids, modalities, protocol, clean_logits,
                  surrogate_logits, batch_size, device, padding, bar, team) -> _CellOutcome:
     """Robust (True) / fooled (False) per sample for one attack on one target set, and the cell's checks.
 
-    Only ``candidates`` are attacked; every other sample counts as fooled.
+    Only ``candidates`` are attacked; every other sample counts as fooled. ``ids`` (per sample of ``data``)
+    seed the random starts.
     ``attacked`` is the module the attack follows (the model, a view, the
     transfer source); a sample counts as fooled only if the model, run again on
     the example the attack returned, misclassifies it (as RobustBench does). The
@@ -570,7 +578,7 @@ def _attack_cell(model, attacked, cell, surrogate, targets, data, candidates, mo
         spent = np.zeros(2)
         diagnosis = np.zeros(len(DIAGNOSIS), dtype=np.int64)
         batch = _to(data.batch(index, modalities), device)
-        starts = RandomStarts(protocol.seed, torch.from_numpy(index))
+        starts = RandomStarts(protocol.seed, torch.from_numpy(ids[index]))
         pin = _Pin(batch, targets, padding)
         logits = clean_logits[index].to(device) if own_logits else None
         result = attack(pin.wrap(attacked), pin.batch, targets, protocol.eps, clean_logits=logits, starts=starts,

@@ -340,7 +340,8 @@ def evaluate_experiment(exp: Experiment, run_dir: Path, protocol: Protocol, *, t
         also_attacked, transfer_run = {"surrogate": exp.defense.surrogate(exp.model)}, None
     evaluation = evaluate(exp.model, test, protocol, modalities=config.modalities,
                           batch_size=config.eval_batch_size, device=exp.device, store=store, codes=exp.data.codes,
-                          padding=exp.data.padding, progress=progress, team=exp.team, **also_attacked)
+                          padding=exp.data.padding, progress=progress, team=exp.team,
+                          sample_ids=None if subset is None else indices, **also_attacked)
     metrics = robust_metrics(evaluation.clean, evaluation.robust)
     flags = {"surrogate_used": evaluation.surrogate_used,
              "sanity": {**evaluation.audit,

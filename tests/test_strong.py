@@ -372,3 +372,29 @@ def test_the_test_subset_is_stratified_fixed_and_nested():
     assert len(stratified_subset(labels, 10)) == len(labels)
     with pytest.raises(ValueError, match="at most 10, or 0 for all"):
         stratified_subset(labels, 11)
+
+
+ONE_RANDOM_STEP = dataclasses.replace(STANDARD_V1, name="one-step", attacks=(
+    AttackSetting("pgd1", "pgd", (("steps", 1), ("rel_step", 0.05), ("random_start", True))),))
+
+
+@pytest.mark.parametrize("protocol", [STANDARD_V1, QUICK, ONE_RANDOM_STEP], ids=lambda p: p.name)
+def test_a_subset_scored_with_its_sample_ids_gives_each_sample_the_outcomes_of_the_whole_split(protocol):
+    """Random starts (PGD's, Square's) follow a sample's id, not its position, and no trajectory depends
+    on its batch: scoring a subset is scoring the whole split and keeping those samples. A single step
+    from a random start decides by its start: there, positions as ids give other outcomes."""
+    model = Linear(scale=0.2)  # some samples near the boundary, where one random start can decide
+    data = data_for(model, n=30)
+    whole = evaluate(model, data, protocol, batch_size=8)
+    indices = np.array([1, 4, 5, 11, 17, 18, 26, 29])
+    part = evaluate(model, data.take(indices), protocol, batch_size=8, sample_ids=indices)
+    shifted = evaluate(model, data.take(indices), protocol, batch_size=8)      # positions as ids: other starts
+    assert np.array_equal(part.clean, whole.clean[indices])
+    for name, cells in whole.robust.items():
+        for code, robust in cells.items():
+            assert np.array_equal(part.robust[name][code], robust[indices]), f"{name}/{code}"
+    moved = any(not np.array_equal(shifted.robust[name][code], part.robust[name][code])
+                for name, cells in part.robust.items() for code in cells)
+    assert moved or protocol is not ONE_RANDOM_STEP
+    with pytest.raises(ValueError, match="3 sample ids for 8 samples"):
+        evaluate(model, data.take(indices), protocol, batch_size=8, sample_ids=indices[:3])
