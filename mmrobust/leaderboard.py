@@ -534,8 +534,8 @@ def _subset_notes(records: list[Record], twins: list[Record]) -> list[str]:
     """Footnotes naming the records (and strong-v1 twins) that scored a subset of the test clips."""
     notes = []
     for found, what in ((records, "these records"), (twins, f"the {STRONG} records behind {STRONG_AVG}")):
-        sizes = sorted({(r.test_subset, r.evaluation["test_subset"].get("size"), r.evaluation["test_subset"].get("of"))
-                        for r in found if r.test_subset})
+        sizes = sorted({(r.test_subset, len(r.test_indices()), r.data.get("test_size")) for r in found
+                        if r.test_subset})
         for per_class, size, of in sizes:
             notes.append(f"{what}: {size} of the {of} test clips ({per_class} per class, a fixed class-stratified "
                          "choice)" + (f"; {KEPT} compares with Avg on the same clips" if found is twins else ""))

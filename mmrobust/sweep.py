@@ -111,7 +111,7 @@ def sweep(dataset: str, defenses: Sequence[str] = (), *, preset: str = "tiny", s
 def _subset_of(path: Path) -> int | None:
     """The test clips per class a record scored (0: all), None when there is no readable record."""
     try:
-        return int((Record.load(path).evaluation.get("test_subset") or {}).get("per_class", 0))
+        return Record.load(path).test_subset
     except (RecordError, OSError):
         return None
 
