@@ -31,6 +31,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,7 @@ class Report:
     seeds: str
     samples: int
     verdicts: tuple[Verdict, ...]
+    recipe: str = "scratch"  # how the defenses judged were trained (the reference always from scratch)
 
 
 def _combine(results: Sequence[bool | None]) -> bool | None:
@@ -131,10 +133,7 @@ def judge(records: Iterable[Record], dataset: str, protocol: str = STANDARD, att
     default the protocol's own: PGD20 for standard-v1, the worst case for strong-v1)."""
     attack = attack or default_attack(protocol)
     ordered, codes, _ = model_rows(records, dataset, protocol, attack)
-    rows = {}
-    for row in ordered:  # claims speak of defenses trained from scratch on all training data: the best row of each
-        if recipe(row.records[0]) == "scratch":
-            rows.setdefault(row.records[0].defense, row)
+    trained, rows = _defenses_alike(ordered)
     clean = "✓" + max(codes, key=len, default="")
     verdicts = []
     for label, claim, tests in CLAIMS:
@@ -150,7 +149,37 @@ def judge(records: Iterable[Record], dataset: str, protocol: str = STANDARD, att
         verdicts.append(Verdict(label, claim, verdict, tuple(evidence)))
     seeds = sorted({",".join(map(str, row.seeds)) for row in ordered})
     samples = {int(row.scores[clean].shape[1]) for row in ordered if clean in row.scores}
-    return Report(dataset, protocol, attack, " / ".join(seeds), max(samples, default=0), tuple(verdicts))
+    return Report(dataset, protocol, attack, " / ".join(seeds), max(samples, default=0), tuple(verdicts), trained)
+
+
+def _defenses_alike(ordered: Sequence) -> tuple[str, dict]:
+    """The recipe the claims are judged on, and the best row of each defense trained by it.
+
+    The claims compare defenses trained alike, with their default parameters:
+    one recipe (:func:`mmrobust.leaderboard.recipe`) for every defense, the
+    reference trained from scratch with the same held-out share and numerics
+    (a warm start begins from it). Of the recipes the rows hold, the one that
+    trains the most defenses is chosen, ``scratch`` first among equals.
+    """
+    reference = reference_defense()
+
+    def from_scratch(record: Record) -> str:  # the recipe with the reference's own start
+        return recipe(dataclasses.replace(record, config={**record.config, "recipe": "scratch"}))
+
+    candidates: dict[str, dict] = {}
+    for row in ordered:  # best first: the first row of a defense under a recipe is its best
+        record = row.records[0]
+        if record.defense != reference:
+            candidates.setdefault(recipe(record), {}).setdefault(record.defense, row)
+    chosen = min(candidates, key=lambda name: (-len(candidates[name]), name != "scratch", name), default="scratch")
+    members = candidates.get(chosen, {})
+    start = from_scratch(next(iter(members.values())).records[0]) if members else "scratch"
+    rows = {}
+    for row in ordered:  # in the table's order
+        record = row.records[0]
+        if row is members.get(record.defense) or (record.defense == reference and recipe(record) == start):
+            rows.setdefault(record.defense, row)
+    return chosen, rows
 
 
 def render(reports: Sequence[Report]) -> str:
@@ -163,8 +192,10 @@ def render(reports: Sequence[Report]) -> str:
              f"interval below {COLLAPSE:g}. A claim holds when all its tests do, does not hold when one does not, "
              "and is otherwise not resolved at this sample size.", ""]
     for report in reports:
+        trained = "" if report.recipe == "scratch" else (f", recipe {report.recipe} (`{reference_defense()}` "
+                                                         "from scratch)")
         lines += [f"## {report.dataset}, {report.protocol} ({report.attack}): seeds {report.seeds}, "
-                  f"{report.samples} test clips", "",
+                  f"{report.samples} test clips{trained}", "",
                   "| claim | verdict |", "|:--|:--|"]
         lines += [f"| ({v.label}) {v.claim} | **{v.verdict}** |" for v in report.verdicts]
         lines.append("")

@@ -199,6 +199,23 @@ def test_claims_report(seeded):
     assert "at-r ✗R − none: +" in text
 
 
+def test_claims_judge_the_defenses_of_one_recipe_against_their_reference(seeded):
+    """A warm-start leaderboard with a held-out part: every defense but the reference trained by one recipe,
+    the reference from scratch with the same held-out share. A row of another recipe is not judged."""
+    for path in (seeded / "records").glob("*.json"):
+        record = json.loads(path.read_text())
+        start = "scratch" if record["defense"] == "none" else "warm-start"
+        record["config"] = {**record["config"], "recipe": start, "holdout": 0.2}
+        path.write_text(json.dumps(record))
+    rng = np.random.default_rng(9)
+    write_record(seeded / "scratch", "at-rs", 0, *outcomes(rng, 0.9, {"R": 0.8, "S": 0.8, "RS": 0.8}))
+    report = claims.judge(load_records([seeded]), "synthetic")
+    verdicts = {v.label: v.verdict for v in report.verdicts}
+    assert report.recipe == "warm-start, holdout 0.2"
+    assert (verdicts["b"], verdicts["c"], verdicts["e"]) == (claims.HOLDS, claims.UNMEASURED, claims.HOLDS)
+    assert f"{SAMPLES} test clips, recipe warm-start, holdout 0.2 (`none` from scratch)" in claims.render([report])
+
+
 def test_a_claim_fails_when_its_numbers_contradict_it(seeded):
     rng = np.random.default_rng(7)
     for seed in range(3):  # at-rs far better than amr on ✗RS: claim (e) cannot hold
